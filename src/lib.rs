@@ -1,0 +1,27 @@
+//! vigil: real-time fraud-detection scoring.
+//!
+//! Data flows one way: a [`record::Transaction`] goes through the [`features`] engine (per-card
+//! and per-merchant sliding windows in event time), the resulting row is scored by a compiled
+//! random [`forest`], and [`decision`] turns the score into approve / review / decline. The
+//! trainer replays history through the very same feature engine, so a model is served exactly the
+//! features it was trained on.
+//!
+//! Crate map:
+//! - [`record`]: the transaction record, its validation and the history CSV reader.
+//! - [`features`]: declarative feature spec and the event-time window engine (no I/O).
+//! - [`forest`]: tree types, the histogram random-forest trainer, the compiled scorer with
+//!   reason codes (no I/O).
+//! - [`model`]: the versioned model file and its loading checks.
+//! - [`decision`]: thresholds -> decision.
+//! - [`eval`]: metrics (AUC ROC, average precision, card precision@k) and the plotted report.
+//! - [`generate`]: the seeded synthetic history generator.
+//! - [`pipeline`]: the glue the CLI calls: history -> feature matrix -> train / evaluate.
+
+pub mod decision;
+pub mod eval;
+pub mod features;
+pub mod forest;
+pub mod generate;
+pub mod model;
+pub mod pipeline;
+pub mod record;
