@@ -144,8 +144,7 @@ impl Forest {
             }
             let mut parents = vec![0u8; len];
             for (i, n) in tree.nodes.iter().enumerate() {
-                if !(n.value.is_finite() && (0.0..=1.0).contains(&n.value)) || !n.weight.is_finite()
-                {
+                if !((0.0..=1.0).contains(&n.value) && n.weight.is_finite()) {
                     return Err(ForestError::BadNumber { tree: t, node: i });
                 }
                 if n.is_leaf() {
