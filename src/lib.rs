@@ -15,6 +15,7 @@
 //! - [`decision`]: thresholds -> decision.
 //! - [`eval`]: metrics (AUC ROC, average precision, card precision@k) and the plotted report.
 //! - [`generate`]: the seeded synthetic history generator.
+//! - [`scorer`]: in-process scoring of one transaction: features, score, decision, reasons.
 //! - [`pipeline`]: the glue the CLI calls: history -> feature matrix -> train / evaluate.
 
 pub mod decision;
@@ -25,3 +26,4 @@ pub mod generate;
 pub mod model;
 pub mod pipeline;
 pub mod record;
+pub mod scorer;

@@ -1,0 +1,773 @@
+//! Subcommands. Each `cmd_*` function reads its inputs, calls the library and prints; errors are
+//! `anyhow` with context naming the file or flag at fault.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use vigil::decision::{Decision, Thresholds};
+use vigil::features::FeatureSpec;
+use vigil::forest::train::{ClassWeight, MaxFeatures, RandomForestParams};
+use vigil::generate::{self, GeneratorConfig};
+use vigil::model::{self, Model};
+use vigil::pipeline::{self, parse_instant, Period, Reporter, SplitSpec};
+use vigil::record::{self, format_timestamp, History, ReadOptions, Transaction};
+use vigil::scorer::Scorer;
+
+const DEFAULT_SPEC: &str = "training/features.toml";
+const DEFAULT_MODEL: &str = "models/default.vgm";
+const DEFAULT_DATA: &str = "data/sample.csv";
+
+/// vigil: real-time fraud scoring with sliding-window features and random forests.
+#[derive(Parser, Debug)]
+#[command(name = "vigil", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a seeded synthetic transaction history (CSV, labelled).
+    Generate(GenerateArgs),
+    /// Train a random-forest model from a history file with a time-based split.
+    Train(TrainArgs),
+    /// Score a period of a history file with a model and report AUC, AP, card precision@k.
+    Evaluate(EvaluateArgs),
+    /// Write the feature matrix of a history file (for debugging and other tools).
+    Features(FeaturesArgs),
+    /// Model file tools.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Replay a history through the in-process scorer, showing alerts with reasons as they happen.
+    Demo(DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ModelCommand {
+    /// Print a model's metadata (after checking the whole file).
+    Inspect {
+        /// The model file.
+        model: PathBuf,
+        /// Print the header as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// Output CSV file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Number of transactions.
+    #[arg(long, default_value_t = 100_000)]
+    rows: u64,
+    /// Random seed: the same seed and options give the same file.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Target fraction of fraudulent transactions.
+    #[arg(long)]
+    fraud_rate: Option<f64>,
+    /// Number of cards (default: scales with rows).
+    #[arg(long)]
+    cards: Option<u64>,
+    /// Number of merchants (default: scales with rows).
+    #[arg(long)]
+    merchants: Option<u64>,
+    /// First day of the history (YYYY-MM-DD).
+    #[arg(long)]
+    start: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct HistoryArgs {
+    /// History CSV (header row; transaction_id, timestamp, card_id, merchant_id, amount required).
+    #[arg(long, default_value = DEFAULT_DATA)]
+    data: PathBuf,
+    /// Count and report invalid rows instead of stopping at the first.
+    #[arg(long)]
+    skip_invalid: bool,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    #[command(flatten)]
+    history: HistoryArgs,
+    /// Feature spec (TOML).
+    #[arg(long, default_value = DEFAULT_SPEC)]
+    features: PathBuf,
+    /// Output model file.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    out: PathBuf,
+    /// Model name recorded in the file and in every verdict (default: the output file stem).
+    #[arg(long)]
+    name: Option<String>,
+    /// Start of the training period (YYYY-MM-DD or RFC 3339); rows before it only warm up windows.
+    #[arg(long, requires = "train_to")]
+    train_from: Option<String>,
+    /// End (exclusive) of the training period.
+    #[arg(long, requires = "train_from")]
+    train_to: Option<String>,
+    /// Start of the test period.
+    #[arg(long, requires_all = ["test_to", "train_from"])]
+    test_from: Option<String>,
+    /// End (exclusive) of the test period.
+    #[arg(long, requires = "test_from")]
+    test_to: Option<String>,
+    /// Without dates: fraction of the (post-warm-up) time span used for training; the rest,
+    /// after --gap, is the test period. 1.0 trains on everything.
+    #[arg(long, default_value_t = 0.7)]
+    train_frac: f64,
+    /// Without dates: leading span used only to warm up window state (e.g. 7d, 12h).
+    #[arg(long, default_value = "7d")]
+    warmup: String,
+    /// Without dates: gap between training and test (label delay), e.g. 7d.
+    #[arg(long, default_value = "0d")]
+    gap: String,
+    /// Number of trees.
+    #[arg(long, default_value_t = 100)]
+    trees: usize,
+    /// Maximum tree depth.
+    #[arg(long, default_value_t = 12)]
+    max_depth: usize,
+    /// Minimum (weighted) samples in a leaf.
+    #[arg(long, default_value_t = 5)]
+    min_samples_leaf: usize,
+    /// Minimum samples to split a node.
+    #[arg(long, default_value_t = 10)]
+    min_samples_split: usize,
+    /// Features tried per split: `sqrt`, `log2`, `all`, a count, or a fraction like 0.3.
+    #[arg(long, default_value = "sqrt")]
+    max_features: String,
+    /// Bootstrap sample size as a fraction of the training rows.
+    #[arg(long, default_value_t = 1.0)]
+    bootstrap: f64,
+    /// Class imbalance handling: `balanced`, `none`, or the weight of a fraud row (e.g. 10).
+    #[arg(long, default_value = "balanced")]
+    class_weight: String,
+    /// Random seed (training is deterministic for a fixed seed).
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// k of card precision@k (cards per day).
+    #[arg(long, default_value_t = 100)]
+    k: usize,
+    /// Review threshold (default: suggested from the test period).
+    #[arg(long, requires = "decline_threshold")]
+    review_threshold: Option<f32>,
+    /// Decline threshold (default: suggested from the test period).
+    #[arg(long, requires = "review_threshold")]
+    decline_threshold: Option<f32>,
+    /// Directory for the evaluation report (plots); default reports/<model name>.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct EvaluateArgs {
+    /// Model file.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    #[command(flatten)]
+    history: HistoryArgs,
+    /// Score rows from this instant (earlier rows only build window state).
+    #[arg(long)]
+    from: Option<String>,
+    /// Score rows before this instant.
+    #[arg(long)]
+    to: Option<String>,
+    /// k of card precision@k.
+    #[arg(long, default_value_t = 100)]
+    k: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Write one CSV row per scored transaction (transaction_id, card_id, timestamp, score, label).
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// Directory for the report (plots); default reports/evaluate-<model name>.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct FeaturesArgs {
+    #[command(flatten)]
+    history: HistoryArgs,
+    /// Feature spec (TOML).
+    #[arg(long, default_value = DEFAULT_SPEC)]
+    features: PathBuf,
+    /// Output CSV: transaction_id, then one column per feature.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Model file.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    #[command(flatten)]
+    history: HistoryArgs,
+    /// Show at most this many alerts (all are counted).
+    #[arg(long, default_value_t = 25)]
+    show: usize,
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Generate(a) => cmd_generate(a),
+        Command::Train(a) => cmd_train(a),
+        Command::Evaluate(a) => cmd_evaluate(a),
+        Command::Features(a) => cmd_features(a),
+        Command::Model {
+            command: ModelCommand::Inspect { model, json },
+        } => cmd_inspect(&model, json),
+        Command::Demo(a) => cmd_demo(a),
+    }
+}
+
+/// Progress bars on stderr (hidden when stderr is not a terminal, e.g. in CI logs, where a line
+/// per stage is printed instead).
+struct Bars {
+    bar: std::sync::Mutex<Option<(ProgressBar, Instant, String)>>,
+}
+
+impl Bars {
+    fn new() -> Bars {
+        Bars {
+            bar: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Reporter for Bars {
+    fn stage(&self, name: &str, total: u64) {
+        let bar = if total > 0 {
+            ProgressBar::new(total)
+        } else {
+            ProgressBar::new_spinner()
+        };
+        bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(8));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>9} [{bar:40}] {human_pos}/{human_len} ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(name.to_string());
+        if let Ok(mut g) = self.bar.lock() {
+            *g = Some((bar, Instant::now(), name.to_string()));
+        }
+    }
+    fn progress(&self, done: u64) {
+        if let Ok(g) = self.bar.lock() {
+            if let Some((b, _, _)) = g.as_ref() {
+                b.set_position(done);
+            }
+        }
+    }
+    fn finish(&self) {
+        if let Ok(mut g) = self.bar.lock() {
+            if let Some((b, started, name)) = g.take() {
+                b.finish_and_clear();
+                eprintln!(
+                    "{name:>9}: {} in {:.1}s",
+                    b.position(),
+                    started.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+}
+
+/// Parses `30m`, `12h`, `7d`, `90s`, `1w` into milliseconds.
+fn parse_span(flag: &str, s: &str) -> Result<i64> {
+    vigil::features::parse_duration(s)
+        .ok_or_else(|| anyhow::anyhow!("{flag} `{s}` is not a duration (examples: 30m, 12h, 7d)"))
+}
+
+fn read_history(h: &HistoryArgs, bars: &Bars) -> Result<History> {
+    let size = std::fs::metadata(&h.data)
+        .with_context(|| format!("cannot read history file {}", h.data.display()))?
+        .len();
+    bars.stage("reading", size);
+    let mut history = record::read_history_with_progress(
+        &h.data,
+        ReadOptions {
+            skip_invalid: h.skip_invalid,
+        },
+        |b| bars.progress(b),
+    )
+    .with_context(|| {
+        if h.skip_invalid {
+            String::new()
+        } else {
+            "stopped at the first invalid row; --skip-invalid counts and skips such rows".into()
+        }
+    })?;
+    bars.progress(size);
+    bars.finish();
+    if !history.skipped.is_empty() {
+        eprintln!(
+            "skipped {} invalid rows in {}; the first ones:",
+            history.skipped.len(),
+            h.data.display()
+        );
+        for e in history.skipped.iter().take(5) {
+            eprintln!("  {e}");
+        }
+    }
+    if history.transactions.is_empty() {
+        bail!("{} has no valid rows", h.data.display());
+    }
+    history.sort_by_time();
+    Ok(history)
+}
+
+fn load_spec(path: &Path) -> Result<Arc<FeatureSpec>> {
+    Ok(Arc::new(FeatureSpec::load(path).with_context(|| {
+        format!("cannot use feature spec {}", path.display())
+    })?))
+}
+
+fn cmd_generate(a: GenerateArgs) -> Result<()> {
+    let mut cfg = GeneratorConfig {
+        rows: a.rows,
+        seed: a.seed,
+        ..GeneratorConfig::default()
+    };
+    if let Some(r) = a.fraud_rate {
+        cfg.fraud_rate = r;
+    }
+    cfg.cards = a.cards;
+    cfg.merchants = a.merchants;
+    if let Some(s) = &a.start {
+        cfg.start_ms = parse_instant(s).map_err(|e| anyhow::anyhow!("--start `{s}`: {e}"))?;
+    }
+    if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create directory {}", dir.display()))?;
+    }
+    let file =
+        File::create(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let bars = Bars::new();
+    bars.stage("generate", a.rows);
+    let summary = generate::generate(&cfg, BufWriter::with_capacity(1 << 20, file), &mut |n| {
+        bars.progress(n)
+    })
+    .with_context(|| format!("generating {}", a.out.display()))?;
+    bars.finish();
+    println!(
+        "wrote {} rows ({} fraud, {:.2}%) for {} cards and {} merchants, {} to {}, to {}",
+        summary.rows,
+        summary.frauds,
+        100.0 * summary.frauds as f64 / summary.rows.max(1) as f64,
+        summary.cards,
+        summary.merchants,
+        format_timestamp(summary.first_ms),
+        format_timestamp(summary.last_ms),
+        a.out.display()
+    );
+    for (pattern, n) in &summary.by_pattern {
+        println!("  {pattern:<22} {n}");
+    }
+    Ok(())
+}
+
+fn forest_params(a: &TrainArgs) -> Result<RandomForestParams> {
+    let max_features = match a.max_features.as_str() {
+        "sqrt" => MaxFeatures::Sqrt,
+        "log2" => MaxFeatures::Log2,
+        "all" => MaxFeatures::All,
+        s => match (s.parse::<usize>(), s.parse::<f64>()) {
+            (Ok(n), _) => MaxFeatures::Count(n),
+            (_, Ok(f)) => MaxFeatures::Fraction(f),
+            _ => bail!("--max-features `{s}`: expected sqrt, log2, all, a count or a fraction"),
+        },
+    };
+    let class_weight = match a.class_weight.as_str() {
+        "balanced" => ClassWeight::Balanced,
+        "none" => ClassWeight::None,
+        s => ClassWeight::Positive(s.parse::<f32>().map_err(|_| {
+            anyhow::anyhow!("--class-weight `{s}`: expected balanced, none or a number")
+        })?),
+    };
+    Ok(RandomForestParams::new()
+        .n_trees(a.trees)
+        .max_depth(a.max_depth)
+        .min_samples_leaf(a.min_samples_leaf)
+        .min_samples_split(a.min_samples_split)
+        .max_features(max_features)
+        .bootstrap_fraction(a.bootstrap)
+        .class_weight(class_weight)
+        .seed(a.seed))
+}
+
+fn cmd_train(a: TrainArgs) -> Result<()> {
+    let bars = Bars::new();
+    let spec = load_spec(&a.features)?;
+    let params = linfa::ParamGuard::check(forest_params(&a)?)
+        .map_err(|e| anyhow::anyhow!("invalid training parameters: {e}"))?;
+    let split = match (&a.train_from, &a.train_to) {
+        (Some(f), Some(t)) => {
+            let date = |flag: &str, s: &str| {
+                parse_instant(s).map_err(|e| anyhow::anyhow!("{flag} `{s}`: {e}"))
+            };
+            let train = Period {
+                from_ms: date("--train-from", f)?,
+                to_ms: date("--train-to", t)?,
+            };
+            let test = match (&a.test_from, &a.test_to) {
+                (Some(f), Some(t)) => Some(Period {
+                    from_ms: date("--test-from", f)?,
+                    to_ms: date("--test-to", t)?,
+                }),
+                _ => None,
+            };
+            SplitSpec::Dates { train, test }
+        }
+        _ => SplitSpec::Fractions {
+            warmup_ms: parse_span("--warmup", &a.warmup)?,
+            train_frac: a.train_frac,
+            gap_ms: parse_span("--gap", &a.gap)?,
+        },
+    };
+    let thresholds = match (a.review_threshold, a.decline_threshold) {
+        (Some(r), Some(d)) => Some(Thresholds::new(r, d)?),
+        _ => None,
+    };
+    let model_id = a.name.clone().unwrap_or_else(|| {
+        a.out
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into())
+    });
+    let history = read_history(&a.history, &bars)?;
+    let opts = pipeline::TrainOptions {
+        model_id: model_id.clone(),
+        data_label: a.history.data.display().to_string(),
+        split,
+        params,
+        k: a.k,
+        thresholds,
+    };
+    let trained = pipeline::train(spec, &history.transactions, &opts, &bars)?;
+    let h = &trained.header;
+    println!(
+        "trained {} trees (max depth {}, {} nodes) on {} rows ({} fraud) from {} to {} in {:.1}s",
+        h.n_trees,
+        h.max_depth,
+        h.n_nodes,
+        h.training.train_rows,
+        h.training.train_frauds,
+        h.training.train_from,
+        h.training.train_to,
+        h.training.fit_seconds
+    );
+    model::save(&a.out, h, &trained.forest)
+        .with_context(|| format!("writing model {}", a.out.display()))?;
+    // Read back what was written: the file on disk is what gets served.
+    let loaded = model::load(&a.out, None)
+        .with_context(|| format!("re-reading model {}", a.out.display()))?;
+    println!("model {} written to {}", loaded.name(), a.out.display());
+    println!(
+        "thresholds: review >= {:.4}, decline >= {:.4}{}",
+        h.thresholds.review,
+        h.thresholds.decline,
+        if a.review_threshold.is_some() {
+            " (given)"
+        } else {
+            " (suggested from the test period)"
+        }
+    );
+    match &h.evaluation {
+        Some(ev) => {
+            println!(
+                "\ntest period {} to {}: {} rows, {} fraud",
+                h.training.test_from, h.training.test_to, ev.rows, ev.frauds
+            );
+            println!("{ev}");
+            let dir = a
+                .report
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("reports").join(&model_id));
+            let files = vigil::eval::write_report(
+                &dir,
+                &format!("{} on the test period", loaded.name()),
+                ev,
+                &trained.test_scores,
+                &trained.test_labels,
+            )
+            .with_context(|| format!("writing report to {}", dir.display()))?;
+            println!("report: {}", report_index(&dir, &files));
+        }
+        None => println!("no test period (--train-frac 1.0): nothing evaluated"),
+    }
+    Ok(())
+}
+
+fn report_index(dir: &Path, files: &[PathBuf]) -> String {
+    files
+        .iter()
+        .find(|f| f.extension().is_some_and(|e| e == "html"))
+        .unwrap_or(&dir.to_path_buf())
+        .display()
+        .to_string()
+}
+
+fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
+    let bars = Bars::new();
+    let model = model::load(&a.model, None)
+        .with_context(|| format!("cannot use model {}", a.model.display()))?;
+    let history = read_history(&a.history, &bars)?;
+    let txs = &history.transactions;
+    let instant = |flag: &str, s: &Option<String>, default: i64| -> Result<i64> {
+        match s {
+            Some(s) => parse_instant(s).map_err(|e| anyhow::anyhow!("{flag} `{s}`: {e}")),
+            None => Ok(default),
+        }
+    };
+    let period = Period {
+        from_ms: instant("--from", &a.from, i64::MIN)?,
+        to_ms: instant("--to", &a.to, i64::MAX)?,
+    };
+    let scored = pipeline::score_history(&model, txs, period, &bars);
+    if scored.rows.is_empty() {
+        bail!("no rows of {} fall in {period}", a.history.data.display());
+    }
+    let ev = pipeline::evaluate_scored(txs, &scored, a.k, &model.header.thresholds);
+    if let Some(p) = &a.predictions {
+        write_predictions(p, txs, &scored)
+            .with_context(|| format!("writing predictions to {}", p.display()))?;
+    }
+    let dir = a.report.clone().unwrap_or_else(|| {
+        PathBuf::from("reports").join(format!("evaluate-{}", model.header.model_id))
+    });
+    let labelled: Vec<usize> = (0..scored.rows.len())
+        .filter(|&j| txs[scored.rows[j]].label.is_some())
+        .collect();
+    let s: Vec<f32> = labelled.iter().map(|&j| scored.scores[j]).collect();
+    let l: Vec<bool> = labelled.iter().map(|&j| scored.labels[j]).collect();
+    let files = vigil::eval::write_report(&dir, &model.name(), &ev, &s, &l)
+        .with_context(|| format!("writing report to {}", dir.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&ev)?);
+    } else {
+        println!(
+            "model {}: {} scored rows ({} labelled, {} fraud)",
+            model.name(),
+            scored.rows.len(),
+            ev.rows,
+            ev.frauds
+        );
+        println!("{ev}");
+        println!("report: {}", report_index(&dir, &files));
+    }
+    Ok(())
+}
+
+fn write_predictions(path: &Path, txs: &[Transaction], scored: &pipeline::Scored) -> Result<()> {
+    let file = File::create(path)?;
+    let mut w = csv::Writer::from_writer(BufWriter::new(file));
+    w.write_record(["transaction_id", "card_id", "timestamp", "score", "label"])?;
+    for (j, &i) in scored.rows.iter().enumerate() {
+        let t = &txs[i];
+        w.write_record([
+            t.transaction_id.as_str(),
+            t.card_id.as_str(),
+            &format_timestamp(t.timestamp_ms),
+            &format!("{:.6}", scored.scores[j]),
+            match t.label {
+                Some(true) => "1",
+                Some(false) => "0",
+                None => "",
+            },
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn cmd_features(a: FeaturesArgs) -> Result<()> {
+    let bars = Bars::new();
+    let spec = load_spec(&a.features)?;
+    let history = read_history(&a.history, &bars)?;
+    let txs = &history.transactions;
+    let file =
+        File::create(&a.out).with_context(|| format!("cannot create {}", a.out.display()))?;
+    let mut w = csv::Writer::from_writer(BufWriter::with_capacity(1 << 20, file));
+    let mut header = vec!["transaction_id".to_string()];
+    header.extend(spec.feature_names().iter().cloned());
+    w.write_record(&header)?;
+    let mut err: Option<csv::Error> = None;
+    let mut fields: Vec<String> = Vec::with_capacity(header.len());
+    bars.stage("features", txs.len() as u64);
+    vigil::features::replay(&spec, txs, |i, row| {
+        if err.is_some() {
+            return;
+        }
+        fields.clear();
+        fields.push(txs[i].transaction_id.clone());
+        fields.extend(row.iter().map(|v| v.to_string()));
+        if let Err(e) = w.write_record(&fields) {
+            err = Some(e);
+        }
+        if i % 65_536 == 0 {
+            bars.progress(i as u64);
+        }
+    });
+    bars.finish();
+    if let Some(e) = err {
+        return Err(e).with_context(|| format!("writing {}", a.out.display()));
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    println!(
+        "wrote {} rows x {} features to {}",
+        txs.len(),
+        spec.n_features(),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_inspect(path: &Path, json: bool) -> Result<()> {
+    let m =
+        model::load(path, None).with_context(|| format!("cannot use model {}", path.display()))?;
+    let h = &m.header;
+    if json {
+        let mut v = serde_json::to_value(h)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("feature_spec");
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("model        {}", m.name());
+    println!("file         {}", path.display());
+    println!("created      {} by {}", h.created_at, h.created_by);
+    println!(
+        "forest       {} trees, max depth {}, {} nodes, {} features",
+        h.n_trees,
+        h.max_depth,
+        h.n_nodes,
+        h.feature_names.len()
+    );
+    println!("spec         fingerprint {}", h.feature_fingerprint);
+    println!(
+        "thresholds   review >= {:.4}, decline >= {:.4}",
+        h.thresholds.review, h.thresholds.decline
+    );
+    let t = &h.training;
+    println!("data         {} ({} rows)", t.data, t.history_rows);
+    println!(
+        "train        {} to {}: {} rows, {} fraud, fit in {:.1}s",
+        t.train_from, t.train_to, t.train_rows, t.train_frauds, t.fit_seconds
+    );
+    if !t.test_from.is_empty() {
+        println!(
+            "test         {} to {}: {} rows, {} fraud",
+            t.test_from, t.test_to, t.test_rows, t.test_frauds
+        );
+    }
+    println!("params       {}", t.params);
+    if let Some(ev) = &h.evaluation {
+        println!("\nevaluation on the test period:\n{ev}");
+    }
+    println!("\nfeatures: {}", h.feature_names.join(", "));
+    Ok(())
+}
+
+fn cmd_demo(a: DemoArgs) -> Result<()> {
+    let model = Arc::new(
+        model::load(&a.model, None)
+            .with_context(|| format!("cannot use model {}", a.model.display()))?,
+    );
+    let bars = Bars::new();
+    let history = read_history(&a.history, &bars)?;
+    println!(
+        "scoring {} transactions from {} with model {} (review >= {:.3}, decline >= {:.3})\n",
+        history.transactions.len(),
+        a.history.data.display(),
+        model.name(),
+        model.header.thresholds.review,
+        model.header.thresholds.decline
+    );
+    let mut scorer = Scorer::new(model.clone());
+    let (mut shown, mut review, mut decline, mut caught, mut frauds) =
+        (0usize, 0u64, 0u64, 0u64, 0u64);
+    let started = Instant::now();
+    // Labels are fed back as they would arrive online: when they become known.
+    let default_latency = model.spec.label_latency_ms();
+    let mut pending: std::collections::BinaryHeap<std::cmp::Reverse<(i64, usize)>> =
+        std::collections::BinaryHeap::new();
+    let mut out = std::io::stdout().lock();
+    for (i, tx) in history.transactions.iter().enumerate() {
+        while let Some(std::cmp::Reverse((known, j))) = pending.peek().copied() {
+            if known > tx.timestamp_ms {
+                break;
+            }
+            pending.pop();
+            if let Some(l) = history.transactions[j].label_event(default_latency) {
+                scorer.observe_label(&l);
+            }
+        }
+        if let Some(l) = tx.label_event(default_latency) {
+            pending.push(std::cmp::Reverse((l.known_at_ms, i)));
+        }
+        let (v, _) = scorer.score(tx);
+        let fraud = tx.label == Some(true);
+        frauds += fraud as u64;
+        match v.decision {
+            Decision::Approve => continue,
+            Decision::Review => review += 1,
+            Decision::Decline => decline += 1,
+        }
+        caught += fraud as u64;
+        if shown < a.show {
+            shown += 1;
+            let reasons: Vec<String> = v
+                .reasons
+                .iter()
+                .map(|r| format!("{}={:.4} (+{:.3})", r.feature, r.value, r.contribution))
+                .collect();
+            writeln!(
+                out,
+                "{} {:<7} score {:.3} tx {} card {} {:>9.2} [{}] because {}",
+                format_timestamp(v.event_time_ms),
+                v.decision.as_str(),
+                v.score,
+                v.transaction_id,
+                v.card_id,
+                tx.amount,
+                if fraud { "fraud" } else { "legit" },
+                reasons.join(", ")
+            )?;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    let n = history.transactions.len() as f64;
+    writeln!(
+        out,
+        "\n{} transactions in {:.2}s ({:.0}/s, {:.2} us each including reasons): {} review, {} decline; {} of {} frauds flagged",
+        n,
+        secs,
+        n / secs,
+        secs * 1e6 / n,
+        review,
+        decline,
+        caught,
+        frauds
+    )?;
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! In-process scoring: one transaction in, one verdict with reasons out. This is the core that the
+//! Kafka path and the gRPC API share: window state ([`FeatureEngine`]), the compiled forest and
+//! the model's thresholds. It does no I/O.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decision::Decision;
+use crate::features::{EventOutcome, FeatureEngine};
+use crate::model::Model;
+use crate::record::{LabelEvent, Transaction};
+
+/// One reason code: a feature that pushed the score up, with its value for this transaction and
+/// its contribution to the score (in probability points).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    pub feature: String,
+    pub value: f32,
+    pub contribution: f32,
+}
+
+/// The outcome of scoring one transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub transaction_id: String,
+    pub card_id: String,
+    pub merchant_id: String,
+    /// Event time of the transaction, epoch ms.
+    pub event_time_ms: i64,
+    /// Fraud probability in [0, 1].
+    pub score: f32,
+    pub decision: Decision,
+    /// Features that pushed the score up most, largest first.
+    pub reasons: Vec<Reason>,
+    pub model_id: String,
+    pub model_version: String,
+}
+
+/// How many reason codes a verdict carries by default.
+pub const DEFAULT_REASONS: usize = 3;
+
+/// Scores transactions against one model, keeping the window state the model's spec needs.
+pub struct Scorer {
+    model: Arc<Model>,
+    engine: FeatureEngine,
+    row: Vec<f32>,
+    contrib: Vec<f32>,
+    n_reasons: usize,
+}
+
+impl Scorer {
+    pub fn new(model: Arc<Model>) -> Scorer {
+        let n = model.spec.n_features();
+        Scorer {
+            engine: FeatureEngine::new(model.spec.clone()),
+            model,
+            row: vec![0.0; n],
+            contrib: vec![0.0; n],
+            n_reasons: DEFAULT_REASONS,
+        }
+    }
+
+    /// Sets how many reason codes each verdict carries.
+    pub fn with_reasons(mut self, n: usize) -> Scorer {
+        self.n_reasons = n;
+        self
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    pub fn engine(&self) -> &FeatureEngine {
+        &self.engine
+    }
+
+    /// Scores `tx` and adds it to its card's and merchant's history (authorization-time scoring).
+    pub fn score(&mut self, tx: &Transaction) -> (Verdict, EventOutcome) {
+        let outcome = self.engine.process(tx, &mut self.row);
+        (self.verdict(tx), outcome)
+    }
+
+    /// Scores `tx` from the current state without changing it (dry run).
+    pub fn peek(&mut self, tx: &Transaction) -> Verdict {
+        self.engine.peek(tx, &mut self.row);
+        self.verdict(tx)
+    }
+
+    /// Feeds a label (chargeback, analyst decision) to the label-delayed risk features.
+    pub fn observe_label(&mut self, label: &LabelEvent) {
+        self.engine.observe_label(label);
+    }
+
+    /// The feature row of the last scored transaction, in `model.spec.feature_names()` order.
+    pub fn last_features(&self) -> &[f32] {
+        &self.row
+    }
+
+    fn verdict(&mut self, tx: &Transaction) -> Verdict {
+        let score = self.model.compiled.explain(&self.row, &mut self.contrib);
+        let reasons = top_reasons(
+            self.model.spec.feature_names(),
+            &self.row,
+            &self.contrib,
+            self.n_reasons,
+        );
+        Verdict {
+            transaction_id: tx.transaction_id.clone(),
+            card_id: tx.card_id.clone(),
+            merchant_id: tx.merchant_id.clone(),
+            event_time_ms: tx.timestamp_ms,
+            score,
+            decision: self.model.header.thresholds.decide(score),
+            reasons,
+            model_id: self.model.header.model_id.clone(),
+            model_version: self.model.header.version.clone(),
+        }
+    }
+}
+
+/// The `n` features with the largest positive contributions, largest first.
+pub fn top_reasons(names: &[String], row: &[f32], contrib: &[f32], n: usize) -> Vec<Reason> {
+    let mut idx: Vec<usize> = (0..contrib.len()).filter(|&i| contrib[i] > 0.0).collect();
+    idx.sort_unstable_by(|&a, &b| contrib[b].total_cmp(&contrib[a]).then(a.cmp(&b)));
+    idx.into_iter()
+        .take(n)
+        .map(|i| Reason {
+            feature: names.get(i).cloned().unwrap_or_else(|| format!("f{i}")),
+            value: row[i],
+            contribution: contrib[i],
+        })
+        .collect()
+}

@@ -1,0 +1,217 @@
+//! End-to-end tests of the `vigil` binary, the way a user drives it: generate a history, train,
+//! inspect, evaluate, export features, and refuse broken inputs with a clear message.
+//! On failure the harness prints the command line, its stdout and its stderr.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn vigil() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c
+}
+
+/// Runs and returns the output, printing everything on failure.
+fn run(mut cmd: Command, expect_success: bool) -> Output {
+    let out = cmd.output().expect("the vigil binary runs");
+    if out.status.success() != expect_success {
+        panic!(
+            "command {:?} exited with {} (expected success: {expect_success})\n--- stdout\n{}\n--- stderr\n{}",
+            cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+fn ok(cmd: Command) -> String {
+    String::from_utf8_lossy(&run(cmd, true).stdout).into_owned()
+}
+
+fn fails(cmd: Command) -> String {
+    String::from_utf8_lossy(&run(cmd, false).stderr).into_owned()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("temp paths are UTF-8")
+}
+
+struct Trained {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    model: PathBuf,
+    root: PathBuf,
+}
+
+fn generate_and_train() -> Trained {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().to_path_buf();
+    let data = root.join("history.csv");
+    let model = root.join("m.vgm");
+    let mut g = vigil();
+    g.args([
+        "generate",
+        "--rows",
+        "30000",
+        "--seed",
+        "11",
+        "--out",
+        s(&data),
+    ]);
+    ok(g);
+    let mut t = vigil();
+    t.args([
+        "train",
+        "--data",
+        s(&data),
+        "--out",
+        s(&model),
+        "--trees",
+        "30",
+        "--max-depth",
+        "8",
+        "--warmup",
+        "3d",
+        "--report",
+        s(&root.join("report")),
+    ]);
+    let out = ok(t);
+    assert!(out.contains("auc"), "train prints the evaluation:\n{out}");
+    Trained {
+        _dir: dir,
+        data,
+        model,
+        root,
+    }
+}
+
+#[test]
+fn train_inspect_evaluate_round_trip() {
+    let t = generate_and_train();
+    assert!(t.root.join("report").join("roc.png").exists());
+
+    let mut i = vigil();
+    i.args(["model", "inspect", s(&t.model)]);
+    let out = ok(i);
+    assert!(out.contains("30 trees"), "{out}");
+    assert!(out.contains("thresholds"), "{out}");
+
+    let preds = t.root.join("preds.csv");
+    let mut e = vigil();
+    e.args([
+        "evaluate",
+        "--model",
+        s(&t.model),
+        "--data",
+        s(&t.data),
+        "--json",
+        "--predictions",
+        s(&preds),
+        "--report",
+        s(&t.root.join("eval-report")),
+    ]);
+    let out = ok(e);
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).expect("--json prints one JSON object");
+    for key in [
+        "auc_roc",
+        "average_precision",
+        "card_precision_at_k",
+        "rows",
+        "frauds",
+    ] {
+        assert!(v.get(key).is_some(), "missing key {key} in {v}");
+    }
+    let auc = v["auc_roc"].as_f64().expect("auc is a number");
+    assert!(
+        auc > 0.8,
+        "a model trained on this history separates fraud: auc {auc}"
+    );
+    let rows = v["rows"].as_u64().expect("rows");
+    let text = std::fs::read_to_string(&preds).expect("predictions written");
+    assert_eq!(
+        text.lines().next(),
+        Some("transaction_id,card_id,timestamp,score,label")
+    );
+    assert_eq!(text.lines().count() as u64, rows + 1);
+}
+
+#[test]
+fn broken_model_files_are_refused_with_a_reason() {
+    let t = generate_and_train();
+    let bytes = std::fs::read(&t.model).expect("model written");
+
+    let truncated = t.root.join("truncated.vgm");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
+    let mut c = vigil();
+    c.args(["model", "inspect", s(&truncated)]);
+    assert!(fails(c).contains("truncated"));
+
+    let corrupt = t.root.join("corrupt.vgm");
+    let mut b = bytes.clone();
+    let at = b.len() - 100;
+    b[at] ^= 0x5a;
+    std::fs::write(&corrupt, &b).expect("write");
+    let mut c = vigil();
+    c.args(["model", "inspect", s(&corrupt)]);
+    assert!(fails(c).contains("corrupted"));
+
+    let not_model = t.root.join("not.vgm");
+    std::fs::write(&not_model, b"hello").expect("write");
+    let mut c = vigil();
+    c.args(["model", "inspect", s(&not_model)]);
+    assert!(fails(c).contains("not a vigil model"));
+
+    let mut b = bytes;
+    b[8] = 99; // format version
+    let wrong = t.root.join("wrong.vgm");
+    std::fs::write(&wrong, &b).expect("write");
+    let mut c = vigil();
+    c.args(["model", "inspect", s(&wrong)]);
+    assert!(fails(c).contains("version 99"));
+}
+
+#[test]
+fn bad_history_rows_name_file_line_column_and_value() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("bad.csv");
+    std::fs::write(
+        &data,
+        "transaction_id,timestamp,card_id,merchant_id,amount,label\n\
+         t1,2018-04-01T00:00:31Z,c1,m1,10.00,0\n\
+         t2,2018-04-01T00:01:00Z,c1,m1,-5,0\n\
+         t3,yesterday,c2,m1,7.5,1\n",
+    )
+    .expect("write");
+    let out = dir.path().join("f.csv");
+    let mut c = vigil();
+    c.args(["features", "--data", s(&data), "--out", s(&out)]);
+    let err = fails(c);
+    assert!(err.contains("bad.csv:3"), "{err}");
+    assert!(err.contains("amount") && err.contains("-5"), "{err}");
+
+    let mut c = vigil();
+    c.args([
+        "features",
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+        "--skip-invalid",
+    ]);
+    let stdout = ok(c);
+    assert!(stdout.contains("wrote 1 rows"), "{stdout}");
+    let csv = std::fs::read_to_string(&out).expect("features written");
+    assert!(csv.starts_with("transaction_id,"));
+    assert_eq!(csv.lines().count(), 2);
+}
+
+#[test]
+fn shipped_default_model_serves_the_sample() {
+    let mut c = vigil();
+    c.args(["demo", "--show", "3"]);
+    let out = ok(c);
+    assert!(out.contains("transactions in"), "{out}");
+}
