@@ -21,7 +21,6 @@ use vigil::record::{Channel, LabelEvent, Transaction};
 
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
-const DAY: i64 = 24 * HOUR;
 const T0: i64 = 1_700_000_000_000;
 
 fn test_spec(policy: &str) -> Arc<FeatureSpec> {
