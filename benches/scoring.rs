@@ -149,6 +149,7 @@ fn main() {
     let mut c = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3))
+        .without_plots()
         .configure_from_args();
     criterion_benches(&mut c, &s);
     c.final_summary();
