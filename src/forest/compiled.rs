@@ -19,10 +19,12 @@
 //!   asking "am I done?".
 //! - **Interleaving.** [`GROUP`] trees are walked in lock step; their steps are independent, so
 //!   the out-of-order core overlaps their load latencies (instruction-level parallelism).
-//! - **Compact, level-ordered storage.** Each group has one array of 8-byte nodes (`f32`
-//!   threshold + `u32` left child), a parallel `u16` feature array and a parallel `f32` value
-//!   array only read at the end. Nodes are laid out breadth-first across the whole group, so the
-//!   hot top levels of all the group's trees share a few cache lines.
+//! - **Compact, level-ordered storage.** Each group has one array of 8-byte nodes: an `f32`
+//!   threshold and one `u32` word holding the left child index in its high bits and the feature
+//!   index in its low `feature_bits` bits (6 bits for 33-64 features). One step thus touches one
+//!   node cache line (8 nodes per line) plus the row; a parallel `f32` value array is only read
+//!   at the leaves. Nodes are laid out breadth-first across the whole group, so the hot top
+//!   levels of all the group's trees share a few cache lines.
 //!
 //! Scores are bit-for-bit equal to [`Forest::predict`]: leaf values are summed in tree order
 //! starting from `-0.0` (exactly what `Iterator::sum` does) and divided by the tree count.
@@ -56,16 +58,53 @@ pub const GROUP: usize = 8;
 #[repr(C)]
 struct PackedNode {
     threshold: f32,
-    /// Index (within the group arrays) of the left child; the right child is `left + 1`.
-    left: u32,
+    /// `left << feature_bits | feature`: the left child's index within the group arrays (the
+    /// right child is `left + 1`) and the split feature (0 in leaves, whose step ignores it).
+    word: u32,
+}
+
+/// How [`PackedNode::word`] is split, fixed per forest: just enough low bits for the feature
+/// indices, the rest for child indices.
+#[derive(Debug, Clone, Copy)]
+struct Packing {
+    feature_bits: u32,
+    feature_mask: u32,
+}
+
+impl Packing {
+    fn for_features(n_features: usize) -> Packing {
+        // Bits to hold indices 0..n_features (0 bits when there is at most one feature).
+        let feature_bits = usize::BITS - n_features.saturating_sub(1).leading_zeros();
+        Packing {
+            feature_bits,
+            feature_mask: ((1u64 << feature_bits) - 1) as u32,
+        }
+    }
+
+    /// Largest child index a word can hold.
+    fn max_index(self) -> u32 {
+        u32::MAX >> self.feature_bits
+    }
+
+    fn pack(self, left: u32, feature: u32) -> u32 {
+        left << self.feature_bits | feature
+    }
+
+    #[inline(always)]
+    fn left(self, word: u32) -> u32 {
+        word >> self.feature_bits
+    }
+
+    #[inline(always)]
+    fn feature(self, word: u32) -> usize {
+        (word & self.feature_mask) as usize
+    }
 }
 
 /// [`GROUP`] trees compiled into shared arrays.
 #[derive(Debug, Clone)]
 struct Group {
     nodes: Box<[PackedNode]>,
-    /// Split feature per node (0 in leaves, whose step ignores the comparison result).
-    features: Box<[u16]>,
     /// P(fraud) per node: leaf values give the score, internal values give reason codes.
     values: Box<[f32]>,
     /// Root index per lane. Lanes past `n_trees` point at a padding leaf and are not summed.
@@ -112,13 +151,16 @@ pub struct CompiledForest {
     n_features: usize,
     n_trees: usize,
     base_rate: f32,
+    packing: Packing,
     groups: Vec<Group>,
 }
 
 impl CompiledForest {
     /// Validates the forest and compiles it. Fails on any structural problem
     /// ([`Forest::validate`]) and on sizes the compact layout cannot hold
-    /// ([`ForestError::TooLarge`]: more than 65536 features or 2^32 nodes in a group of trees).
+    /// ([`ForestError::TooLarge`]: more than 65536 features, or more nodes in a group of
+    /// [`GROUP`] trees than the child bits of a packed word can index, i.e. 2^26 for 64
+    /// features, 2^16 for 65536).
     pub fn compile(forest: &Forest) -> Result<CompiledForest, ForestError> {
         forest.validate()?;
         const MAX_FEATURES: usize = u16::MAX as usize + 1;
@@ -129,10 +171,11 @@ impl CompiledForest {
                 max: MAX_FEATURES,
             });
         }
+        let packing = Packing::for_features(forest.n_features);
         let groups = forest
             .trees
             .chunks(GROUP)
-            .map(compile_group)
+            .map(|trees| compile_group(trees, packing))
             .collect::<Result<Vec<_>, _>>()?;
         let n_trees = forest.trees.len();
         // Same summation order as the score so that explain's decomposition is anchored on
@@ -142,6 +185,7 @@ impl CompiledForest {
             n_features: forest.n_features,
             n_trees,
             base_rate: root_sum / n_trees as f32,
+            packing,
             groups,
         })
     }
@@ -179,7 +223,7 @@ impl CompiledForest {
         let mut sum = -0.0f32;
         for g in &self.groups {
             // SAFETY: `x.len() == n_features` was checked above (see `walk`).
-            let leaves = unsafe { walk(g, x) };
+            let leaves = unsafe { walk(g, self.packing, x) };
             sum = add_leaves(g, &leaves, sum);
         }
         Ok(sum / self.n_trees as f32)
@@ -259,7 +303,7 @@ impl CompiledForest {
             for (x, acc) in rows.clone().zip(out.iter_mut()) {
                 debug_assert_eq!(x.len(), self.n_features);
                 // SAFETY: every row has length `n_features` (checked by `try_score_batch`).
-                let leaves = unsafe { walk(g, x) };
+                let leaves = unsafe { walk(g, self.packing, x) };
                 *acc = add_leaves(g, &leaves, *acc);
             }
         }
@@ -304,8 +348,8 @@ impl CompiledForest {
                 for i in idx.iter_mut() {
                     let at = *i as usize;
                     let node = g.nodes[at];
-                    let f = g.features[at] as usize;
-                    let next = step(node, x[f]);
+                    let f = self.packing.feature(node.word);
+                    let next = step(node, self.packing, x[f]);
                     // From a leaf, `next == at` and this adds 0 to feature 0's slot, so leaves
                     // need no special case. (Bounds-checked: explain is not the hot path.)
                     contrib[f] += g.values[next as usize] - g.values[at];
@@ -375,35 +419,36 @@ impl CompiledForest {
 
 /// One branch-free step: the left child, or the right one (`left + 1`) unless `v <= threshold`.
 /// Written as `!(v <= t)` so NaN inputs go right like in [`Tree::predict`], and so a leaf's NaN
-/// threshold always adds 1 (its `left` is `self - 1`, hence the wrapping add for a leaf at 0).
+/// threshold always adds 1 (its `left` is `self - 1`).
 #[inline(always)]
-fn step(node: PackedNode, v: f32) -> u32 {
+fn step(node: PackedNode, packing: Packing, v: f32) -> u32 {
     #[allow(clippy::neg_cmp_op_on_partial_ord)] // deliberate: NaN must go right
     let right = !(v <= node.threshold);
-    node.left.wrapping_add(right as u32)
+    // Cannot overflow: `left + 1` of an internal node is a valid index (compile_group).
+    packing.left(node.word) + right as u32
 }
 
 /// Walks all lanes of a group to their leaves and returns the leaf indices.
 ///
 /// # Safety
 ///
-/// `x.len()` must equal the `n_features` of the forest the group was compiled from. Given that,
-/// every access is in bounds by the invariants [`compile_group`] establishes: roots and every
-/// `left`/`left + 1` of an internal node index into the group arrays, a leaf steps to itself,
-/// internal nodes' features are `< n_features`, and leaves' feature 0 is only read when the
-/// group has depth > 0, i.e. has an internal node, so `n_features >= 1`.
+/// `x.len()` must equal the `n_features` of the forest the group was compiled from, and
+/// `packing` must be the one it was compiled with. Given that, every access is in bounds by the
+/// invariants [`compile_group`] establishes: roots and every `left`/`left + 1` of an internal
+/// node index into the group arrays, a leaf steps to itself, internal nodes' features are
+/// `< n_features`, and leaves' feature 0 is only read when the group has depth > 0, i.e. has an
+/// internal node, so `n_features >= 1`.
 #[inline(always)]
-unsafe fn walk(g: &Group, x: &[f32]) -> [u32; GROUP] {
+unsafe fn walk(g: &Group, packing: Packing, x: &[f32]) -> [u32; GROUP] {
     let mut idx = g.roots;
     for _ in 0..g.depth {
         // Fixed-size inner loop: unrolled by the compiler into GROUP independent chains.
         for i in idx.iter_mut() {
-            let at = *i as usize;
             // SAFETY: see the function's contract.
-            let (node, f) = unsafe { (*g.nodes.get_unchecked(at), *g.features.get_unchecked(at)) };
+            let node = unsafe { *g.nodes.get_unchecked(*i as usize) };
             // SAFETY: see the function's contract.
-            let v = unsafe { *x.get_unchecked(f as usize) };
-            *i = step(node, v);
+            let v = unsafe { *x.get_unchecked(packing.feature(node.word)) };
+            *i = step(node, packing, v);
         }
     }
     idx
@@ -423,62 +468,64 @@ fn add_leaves(g: &Group, leaves: &[u32; GROUP], mut sum: f32) -> f32 {
 ///
 /// Breadth-first over the whole group (all roots, then all depth-1 nodes, ...) puts the two
 /// children of a node next to each other (they are pushed together) and keeps each level of all
-/// the group's trees contiguous. The one padding leaf at the end serves unused lanes.
-fn compile_group(trees: &[Tree]) -> Result<Group, ForestError> {
-    let total: usize = trees.iter().map(|t| t.nodes.len()).sum::<usize>() + 1;
-    let too_large = || ForestError::TooLarge {
-        what: "node count of a tree group",
-        value: total,
-        max: u32::MAX as usize,
-    };
-    if u32::try_from(total).is_err() {
-        return Err(too_large());
+/// the group's trees contiguous. Two slots come first: slot 0 is a filler that is never reached
+/// (it only exists so that every leaf's `self - 1` is a valid index without wrapping), slot 1 is
+/// the padding leaf that unused lanes of a partial group spin on.
+fn compile_group(trees: &[Tree], packing: Packing) -> Result<Group, ForestError> {
+    const FIRST: usize = 2;
+    let total: usize = FIRST + trees.iter().map(|t| t.nodes.len()).sum::<usize>();
+    // Every stored child index is < total; leaves store self - 1, internal nodes left < total.
+    let max = packing.max_index() as usize;
+    if total - 1 > max {
+        return Err(ForestError::TooLarge {
+            what: "node count of a group of trees",
+            value: total,
+            max: max + 1,
+        });
     }
+    let leaf = |at: usize| PackedNode {
+        threshold: f32::NAN,
+        // `at >= 1` (the filler is never a leaf) and `at < total` fits (checked above).
+        word: packing.pack((at - 1) as u32, 0),
+    };
     let mut nodes = Vec::with_capacity(total);
-    let mut features = Vec::with_capacity(total);
     let mut values = Vec::with_capacity(total);
-    // Queue of (tree, original node index); a node's new index is its position in the queue.
+    nodes.push(PackedNode {
+        threshold: f32::NAN,
+        word: 0,
+    });
+    nodes.push(leaf(1));
+    values.extend([0.0, 0.0]);
+    // Queue of (tree, original node index); a node's new index is FIRST + its queue position.
     let mut queue: Vec<(usize, usize)> = (0..trees.len()).map(|t| (t, 0)).collect();
     let mut head = 0;
     while head < queue.len() {
         let (t, i) = queue[head];
         let n = trees[t].nodes[i];
-        // `total` fits in u32 (checked above), so every position does.
-        let here = head as u32;
         if n.is_leaf() {
-            nodes.push(PackedNode {
-                threshold: f32::NAN,
-                left: here.wrapping_sub(1),
-            });
-            features.push(0);
+            nodes.push(leaf(FIRST + head));
         } else {
             nodes.push(PackedNode {
                 threshold: n.threshold,
-                left: queue.len() as u32,
+                // Fits: the left child's index is < total (checked above), and the feature is
+                // < n_features (validated), which fits in the packing's feature bits.
+                word: packing.pack((FIRST + queue.len()) as u32, n.feature),
             });
-            // Validated: feature < n_features <= 65536.
-            features.push(n.feature as u16);
             queue.push((t, n.left as usize));
             queue.push((t, n.right as usize));
         }
         values.push(n.value);
         head += 1;
     }
-    let pad = queue.len() as u32;
-    nodes.push(PackedNode {
-        threshold: f32::NAN,
-        left: pad.wrapping_sub(1),
-    });
-    features.push(0);
-    values.push(0.0);
-    let mut roots = [pad; GROUP];
+    // A validated tree reaches each of its nodes exactly once.
+    debug_assert_eq!(nodes.len(), total);
+    let mut roots = [1; GROUP];
     for (t, root) in roots.iter_mut().enumerate().take(trees.len()) {
         // Roots are enqueued first, in tree order.
-        *root = t as u32;
+        *root = (FIRST + t) as u32;
     }
     Ok(Group {
         nodes: nodes.into_boxed_slice(),
-        features: features.into_boxed_slice(),
         values: values.into_boxed_slice(),
         roots,
         n_trees: trees.len(),
@@ -662,6 +709,48 @@ mod tests {
             CompiledForest::compile(&huge),
             Err(ForestError::TooLarge { value: 70_000, .. })
         ));
+    }
+
+    /// A "caterpillar" tree: internal node k splits on feature k % n_features at threshold k
+    /// and its left child is a leaf; `n_internal` internal nodes, depth `n_internal`.
+    fn caterpillar(n_internal: usize, n_features: usize) -> Tree {
+        let mut nodes = Vec::with_capacity(2 * n_internal + 1);
+        for k in 0..n_internal {
+            let at = nodes.len() as u32;
+            nodes.push(split(
+                (k % n_features) as u32,
+                k as f32,
+                at + 1,
+                at + 2,
+                0.5,
+            ));
+            nodes.push(Node::leaf((k % 7) as f32 / 7.0, 1.0));
+        }
+        nodes.push(Node::leaf(1.0, 1.0));
+        Tree { nodes }
+    }
+
+    #[test]
+    fn group_size_limit_depends_on_feature_bits() {
+        // 65539 nodes: too many for 16 child bits (65536 features), fine with 10 (1000 features).
+        let tree = caterpillar(32_769, 1000);
+        let wide = Forest {
+            n_features: 65_536,
+            trees: vec![tree.clone()],
+        };
+        assert!(matches!(
+            CompiledForest::compile(&wide),
+            Err(ForestError::TooLarge { max: 65_536, .. })
+        ));
+        let f = Forest {
+            n_features: 1000,
+            trees: vec![tree.clone(), tree],
+        };
+        let c = CompiledForest::compile(&f).unwrap();
+        for row in [0.0f32, 999.5, 31_999.0, 40_000.0] {
+            let x: Vec<f32> = (0..1000).map(|k| row + k as f32).collect();
+            assert_eq!(c.score(&x).to_bits(), f.predict(&x).to_bits());
+        }
     }
 
     #[test]
