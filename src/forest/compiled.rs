@@ -1,1 +1,837 @@
+//! The serving-time form of a [`Forest`]: a branch-free, interleaved tree walker plus per-feature
+//! reason codes.
+//!
+//! # Why this layout
+//!
+//! Scoring one transaction means walking ~100 trees of depth ~12, i.e. ~1200 dependent
+//! "load node, load feature, compare, pick child" steps. A naive walk is limited by two things:
+//! the branch on `x <= threshold` is a coin flip the predictor cannot learn (one mispredict per
+//! level costs more than the whole step), and each step depends on the previous one, so one tree
+//! alone leaves the core idle while waiting for loads. The compiled form removes both:
+//!
+//! - **Branch-free steps.** The two children of a node are adjacent, so the next index is
+//!   `left + !(x[feature] <= threshold)`: a compare, a flag-to-integer and an add, no jump.
+//!   Writing the test as `!(x <= t)` (rather than `x > t`) keeps the reference semantics for NaN
+//!   inputs exactly (NaN goes right).
+//! - **Leaves are self-loops.** A leaf stores threshold NaN (so `!(x <= NaN)` is always 1) and
+//!   `left = self - 1`, so stepping from a leaf lands on the leaf again. Every tree of a group can
+//!   therefore be stepped the same fixed number of times (the group's own max depth) without
+//!   asking "am I done?".
+//! - **Interleaving.** [`GROUP`] trees are walked in lock step; their steps are independent, so
+//!   the out-of-order core overlaps their load latencies (instruction-level parallelism).
+//! - **Compact, level-ordered storage.** Each group has one array of 8-byte nodes: an `f32`
+//!   threshold and one `u32` word holding the left child index in its high bits and the feature
+//!   index in its low `feature_bits` bits (6 bits for 33-64 features). One step thus touches one
+//!   node cache line (8 nodes per line) plus the row; a parallel `f32` value array is only read
+//!   at the leaves. Nodes are laid out breadth-first across the whole group, so the hot top
+//!   levels of all the group's trees share a few cache lines.
+//!
+//! Scores are bit-for-bit equal to [`Forest::predict`]: leaf values are summed in tree order
+//! starting from `-0.0` (exactly what `Iterator::sum` does) and divided by the tree count.
+//!
+//! # Reason codes
+//!
+//! [`CompiledForest::explain`] is the Saabas / path decomposition: walking a tree, the change in
+//! node value from parent to child is attributed to the parent's split feature. Per tree the
+//! changes telescope from the root value to the leaf value, so averaged over trees
+//! `base_rate + sum(contributions) == score` (up to float rounding).
+//!
+//! # Safety
+//!
+//! The hot loops index without bounds checks. That is sound because of invariants established
+//! once in [`CompiledForest::compile`] (after [`Forest::validate`]) and never changed afterwards
+//! (all fields are private and immutable): every index reachable by the step rule is inside the
+//! group arrays, and every stored feature index is `< n_features`. Entry points check the row
+//! length against `n_features` before walking.
 
+use ndarray::ArrayView2;
+use serde::{Deserialize, Serialize};
+
+use super::tree::{Forest, ForestError, Tree};
+
+/// Number of trees walked in lock step. Eight independent chains are enough to cover L1/L2 load
+/// latency and still keep every per-tree index in a register on x86-64 (16 GPRs).
+pub const GROUP: usize = 8;
+
+/// One node of the packed, 8-byte layout. Leaves: `threshold` NaN and `left == self - 1`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+struct PackedNode {
+    threshold: f32,
+    /// `left << feature_bits | feature`: the left child's index within the group arrays (the
+    /// right child is `left + 1`) and the split feature (0 in leaves, whose step ignores it).
+    word: u32,
+}
+
+/// How [`PackedNode::word`] is split, fixed per forest: just enough low bits for the feature
+/// indices, the rest for child indices.
+#[derive(Debug, Clone, Copy)]
+struct Packing {
+    feature_bits: u32,
+    feature_mask: u32,
+}
+
+impl Packing {
+    fn for_features(n_features: usize) -> Packing {
+        // Bits to hold indices 0..n_features (0 bits when there is at most one feature).
+        let feature_bits = usize::BITS - n_features.saturating_sub(1).leading_zeros();
+        Packing {
+            feature_bits,
+            feature_mask: ((1u64 << feature_bits) - 1) as u32,
+        }
+    }
+
+    /// Largest child index a word can hold.
+    fn max_index(self) -> u32 {
+        u32::MAX >> self.feature_bits
+    }
+
+    fn pack(self, left: u32, feature: u32) -> u32 {
+        left << self.feature_bits | feature
+    }
+
+    #[inline(always)]
+    fn left(self, word: u32) -> u32 {
+        word >> self.feature_bits
+    }
+
+    #[inline(always)]
+    fn feature(self, word: u32) -> usize {
+        (word & self.feature_mask) as usize
+    }
+}
+
+/// [`GROUP`] trees compiled into shared arrays.
+#[derive(Debug, Clone)]
+struct Group {
+    nodes: Box<[PackedNode]>,
+    /// P(fraud) per node: leaf values give the score, internal values give reason codes.
+    values: Box<[f32]>,
+    /// Root index per lane. Lanes past `n_trees` point at a padding leaf and are not summed.
+    roots: [u32; GROUP],
+    /// How many real trees this group holds (`GROUP` except possibly in the last group).
+    n_trees: usize,
+    /// Max depth over the group's trees: stepping this many times reaches every leaf.
+    depth: usize,
+}
+
+/// Wrong input shape for a scoring call.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ScoreError {
+    #[error("row has {got} features, the model expects {expected}")]
+    RowLength { expected: usize, got: usize },
+    #[error("contribution buffer has {got} slots, the model has {expected} features")]
+    ContribLength { expected: usize, got: usize },
+    #[error("output buffer has {got} slots for {rows} rows")]
+    OutputLength { rows: usize, got: usize },
+}
+
+/// One reason code: a feature and how much it moved the score up (in probability units).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    /// Index into the model's feature row.
+    pub feature: usize,
+    /// Contribution to the score; reasons only list positive ones.
+    pub contribution: f32,
+}
+
+/// A score with the features that pushed it up the most.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub score: f32,
+    /// The forest's prior score (mean root value): what a row with no information would get.
+    pub base_rate: f32,
+    /// Strictly positive contributions, largest first (ties: lower feature index first).
+    pub reasons: Vec<Reason>,
+}
+
+/// A forest compiled for fast scoring; see the module documentation for the layout.
+#[derive(Debug, Clone)]
+pub struct CompiledForest {
+    n_features: usize,
+    n_trees: usize,
+    base_rate: f32,
+    packing: Packing,
+    groups: Vec<Group>,
+}
+
+impl CompiledForest {
+    /// Validates the forest and compiles it. Fails on any structural problem
+    /// ([`Forest::validate`]) and on sizes the compact layout cannot hold
+    /// ([`ForestError::TooLarge`]: more than 65536 features, or more nodes in a group of
+    /// [`GROUP`] trees than the child bits of a packed word can index, i.e. 2^26 for 64
+    /// features, 2^16 for 65536).
+    pub fn compile(forest: &Forest) -> Result<CompiledForest, ForestError> {
+        forest.validate()?;
+        const MAX_FEATURES: usize = u16::MAX as usize + 1;
+        if forest.n_features > MAX_FEATURES {
+            return Err(ForestError::TooLarge {
+                what: "feature count",
+                value: forest.n_features,
+                max: MAX_FEATURES,
+            });
+        }
+        let packing = Packing::for_features(forest.n_features);
+        let groups = forest
+            .trees
+            .chunks(GROUP)
+            .map(|trees| compile_group(trees, packing))
+            .collect::<Result<Vec<_>, _>>()?;
+        let n_trees = forest.trees.len();
+        // Same summation order as the score so that explain's decomposition is anchored on
+        // exactly the prior the documentation describes.
+        let root_sum: f32 = forest.trees.iter().map(|t| t.nodes[0].value).sum();
+        Ok(CompiledForest {
+            n_features: forest.n_features,
+            n_trees,
+            base_rate: root_sum / n_trees as f32,
+            packing,
+            groups,
+        })
+    }
+
+    /// Length of the feature row the model expects.
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+
+    /// Number of trees.
+    pub fn n_trees(&self) -> usize {
+        self.n_trees
+    }
+
+    /// Mean of the trees' root values: the score of a row the trees know nothing about, and the
+    /// anchor of the reason-code decomposition.
+    pub fn base_rate(&self) -> f32 {
+        self.base_rate
+    }
+
+    /// Fraud score of one row, bit-for-bit equal to [`Forest::predict`].
+    ///
+    /// The row must have exactly [`n_features`](Self::n_features) values. This is asserted in
+    /// debug builds; in release builds a wrong length returns NaN rather than panicking. NaN
+    /// compares false against every threshold (so it would *approve*): callers that cannot
+    /// guarantee the shape by construction must use [`try_score`](Self::try_score).
+    pub fn score(&self, x: &[f32]) -> f32 {
+        debug_assert_eq!(x.len(), self.n_features, "row length != n_features");
+        self.try_score(x).unwrap_or(f32::NAN)
+    }
+
+    /// Checked [`score`](Self::score): rejects a row of the wrong length.
+    pub fn try_score(&self, x: &[f32]) -> Result<f32, ScoreError> {
+        self.check_row(x)?;
+        let mut sum = -0.0f32;
+        for g in &self.groups {
+            // SAFETY: `x.len() == n_features` was checked above (see `walk`).
+            let leaves = unsafe { walk(g, self.packing, x) };
+            sum = add_leaves(g, &leaves, sum);
+        }
+        Ok(sum / self.n_trees as f32)
+    }
+
+    /// Scores every row of `rows` (shape `[n, n_features]`) into `out` (length `n`). Equal to
+    /// calling [`score`](Self::score) per row, but walks tree-group-major over blocks of rows so
+    /// a group's nodes stay in cache while many rows go through it.
+    ///
+    /// Shape mismatches are asserted in debug builds; in release builds `out` is filled with NaN
+    /// (see [`score`](Self::score) for why that needs care); use
+    /// [`try_score_batch`](Self::try_score_batch) to get an error instead.
+    pub fn score_batch(&self, rows: ArrayView2<f32>, out: &mut [f32]) {
+        debug_assert_eq!(rows.ncols(), self.n_features, "row length != n_features");
+        debug_assert_eq!(rows.nrows(), out.len(), "out.len() != number of rows");
+        if self.try_score_batch(rows, out).is_err() {
+            out.fill(f32::NAN);
+        }
+    }
+
+    /// Checked [`score_batch`](Self::score_batch).
+    pub fn try_score_batch(
+        &self,
+        rows: ArrayView2<f32>,
+        out: &mut [f32],
+    ) -> Result<(), ScoreError> {
+        if rows.ncols() != self.n_features {
+            return Err(ScoreError::RowLength {
+                expected: self.n_features,
+                got: rows.ncols(),
+            });
+        }
+        if rows.nrows() != out.len() {
+            return Err(ScoreError::OutputLength {
+                rows: rows.nrows(),
+                got: out.len(),
+            });
+        }
+        /// Rows per block: 256 rows x 40 features x 4 B = 40 KiB of input, which stays in L1/L2
+        /// next to one group's nodes.
+        const BLOCK: usize = 256;
+        out.fill(-0.0);
+        let nf = self.n_features;
+        match rows.as_slice() {
+            // Standard (row-major, contiguous) layout: rows are consecutive slices.
+            Some(flat) if nf > 0 => {
+                for (block, out) in flat.chunks(BLOCK * nf).zip(out.chunks_mut(BLOCK)) {
+                    self.score_block(block.chunks_exact(nf), out);
+                }
+            }
+            _ => {
+                // Strided or zero-width views: copy each block into a contiguous scratch.
+                let mut scratch = Vec::with_capacity(BLOCK * nf);
+                for (start, out) in (0..rows.nrows()).step_by(BLOCK).zip(out.chunks_mut(BLOCK)) {
+                    scratch.clear();
+                    for r in start..start + out.len() {
+                        scratch.extend(rows.row(r).iter().copied());
+                    }
+                    if nf == 0 {
+                        // Leaf-only forest: every row is the empty row.
+                        self.score_block(std::iter::repeat_n(&[][..], out.len()), out);
+                    } else {
+                        self.score_block(scratch.chunks_exact(nf), out);
+                    }
+                }
+            }
+        }
+        let n = self.n_trees as f32;
+        out.iter_mut().for_each(|s| *s /= n);
+        Ok(())
+    }
+
+    /// Adds every group's leaf values into `out` (one slot per row), group-major. Rows must have
+    /// length `n_features` (checked by the caller).
+    fn score_block<'a>(&self, rows: impl Iterator<Item = &'a [f32]> + Clone, out: &mut [f32]) {
+        for g in &self.groups {
+            for (x, acc) in rows.clone().zip(out.iter_mut()) {
+                debug_assert_eq!(x.len(), self.n_features);
+                // SAFETY: every row has length `n_features` (checked by `try_score_batch`).
+                let leaves = unsafe { walk(g, self.packing, x) };
+                *acc = add_leaves(g, &leaves, *acc);
+            }
+        }
+    }
+
+    /// Score plus per-feature contributions (Saabas path attribution) written into `contrib`
+    /// (length `n_features`, overwritten): `base_rate() + contrib.iter().sum() == score` up to
+    /// float rounding, and the returned score equals [`score`](Self::score) exactly.
+    ///
+    /// Wrong lengths are asserted in debug builds; in release builds they return NaN and leave
+    /// `contrib` zeroed. Use [`try_explain`](Self::try_explain) for an error instead.
+    pub fn explain(&self, x: &[f32], contrib: &mut [f32]) -> f32 {
+        debug_assert_eq!(x.len(), self.n_features, "row length != n_features");
+        debug_assert_eq!(
+            contrib.len(),
+            self.n_features,
+            "contrib length != n_features"
+        );
+        match self.try_explain(x, contrib) {
+            Ok(score) => score,
+            Err(_) => {
+                contrib.fill(0.0);
+                f32::NAN
+            }
+        }
+    }
+
+    /// Checked [`explain`](Self::explain).
+    pub fn try_explain(&self, x: &[f32], contrib: &mut [f32]) -> Result<f32, ScoreError> {
+        self.check_row(x)?;
+        if contrib.len() != self.n_features {
+            return Err(ScoreError::ContribLength {
+                expected: self.n_features,
+                got: contrib.len(),
+            });
+        }
+        contrib.fill(0.0);
+        let mut sum = -0.0f32;
+        for g in &self.groups {
+            let mut idx = g.roots;
+            for _ in 0..g.depth {
+                for i in idx.iter_mut() {
+                    let at = *i as usize;
+                    let node = g.nodes[at];
+                    let f = self.packing.feature(node.word);
+                    let next = step(node, self.packing, x[f]);
+                    // From a leaf, `next == at` and this adds 0 to feature 0's slot, so leaves
+                    // need no special case. (Bounds-checked: explain is not the hot path.)
+                    contrib[f] += g.values[next as usize] - g.values[at];
+                    *i = next;
+                }
+            }
+            sum = add_leaves(g, &idx, sum);
+        }
+        let n = self.n_trees as f32;
+        contrib.iter_mut().for_each(|c| *c /= n);
+        Ok(sum / n)
+    }
+
+    /// The score, the base rate and the (at most) `top` features with the largest positive
+    /// contributions: the reason codes shown to an analyst for a flagged transaction.
+    ///
+    /// A row of the wrong length yields a NaN score and no reasons (asserted in debug builds);
+    /// use [`try_reasons`](Self::try_reasons) for an error instead.
+    pub fn reasons(&self, x: &[f32], top: usize) -> Explanation {
+        debug_assert_eq!(x.len(), self.n_features, "row length != n_features");
+        self.try_reasons(x, top).unwrap_or_else(|_| Explanation {
+            score: f32::NAN,
+            base_rate: self.base_rate,
+            reasons: Vec::new(),
+        })
+    }
+
+    /// Checked [`reasons`](Self::reasons).
+    pub fn try_reasons(&self, x: &[f32], top: usize) -> Result<Explanation, ScoreError> {
+        let mut contrib = vec![0.0f32; self.n_features];
+        let score = self.try_explain(x, &mut contrib)?;
+        let mut reasons: Vec<Reason> = contrib
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0.0)
+            .map(|(feature, &contribution)| Reason {
+                feature,
+                contribution,
+            })
+            .collect();
+        // Contributions are finite (differences of probabilities), so total_cmp is a plain
+        // descending order here; the index breaks ties so the output is deterministic.
+        reasons.sort_by(|a, b| {
+            b.contribution
+                .total_cmp(&a.contribution)
+                .then(a.feature.cmp(&b.feature))
+        });
+        reasons.truncate(top);
+        Ok(Explanation {
+            score,
+            base_rate: self.base_rate,
+            reasons,
+        })
+    }
+
+    fn check_row(&self, x: &[f32]) -> Result<(), ScoreError> {
+        if x.len() == self.n_features {
+            Ok(())
+        } else {
+            Err(ScoreError::RowLength {
+                expected: self.n_features,
+                got: x.len(),
+            })
+        }
+    }
+}
+
+/// One branch-free step: the left child, or the right one (`left + 1`) unless `v <= threshold`.
+/// Written as `!(v <= t)` so NaN inputs go right like in [`Tree::predict`], and so a leaf's NaN
+/// threshold always adds 1 (its `left` is `self - 1`).
+#[inline(always)]
+fn step(node: PackedNode, packing: Packing, v: f32) -> u32 {
+    #[allow(clippy::neg_cmp_op_on_partial_ord)] // deliberate: NaN must go right
+    let right = !(v <= node.threshold);
+    // Cannot overflow: `left + 1` of an internal node is a valid index (compile_group).
+    packing.left(node.word) + right as u32
+}
+
+/// Walks all lanes of a group to their leaves and returns the leaf indices.
+///
+/// # Safety
+///
+/// `x.len()` must equal the `n_features` of the forest the group was compiled from, and
+/// `packing` must be the one it was compiled with. Given that, every access is in bounds by the
+/// invariants [`compile_group`] establishes: roots and every `left`/`left + 1` of an internal
+/// node index into the group arrays, a leaf steps to itself, internal nodes' features are
+/// `< n_features`, and leaves' feature 0 is only read when the group has depth > 0, i.e. has an
+/// internal node, so `n_features >= 1`.
+#[inline(always)]
+unsafe fn walk(g: &Group, packing: Packing, x: &[f32]) -> [u32; GROUP] {
+    let mut idx = g.roots;
+    for _ in 0..g.depth {
+        // Fixed-size inner loop: unrolled by the compiler into GROUP independent chains.
+        for i in idx.iter_mut() {
+            // SAFETY: see the function's contract.
+            let node = unsafe { *g.nodes.get_unchecked(*i as usize) };
+            // SAFETY: see the function's contract.
+            let v = unsafe { *x.get_unchecked(packing.feature(node.word)) };
+            *i = step(node, packing, v);
+        }
+    }
+    idx
+}
+
+/// Adds the real lanes' leaf values to `sum` in tree order (same order as `Forest::predict`).
+#[inline(always)]
+fn add_leaves(g: &Group, leaves: &[u32; GROUP], mut sum: f32) -> f32 {
+    for &leaf in &leaves[..g.n_trees] {
+        // Bounds-checked on purpose: `n_trees` values, negligible next to the walk.
+        sum += g.values[leaf as usize];
+    }
+    sum
+}
+
+/// Lays out up to [`GROUP`] validated trees breadth-first in one set of arrays.
+///
+/// Breadth-first over the whole group (all roots, then all depth-1 nodes, ...) puts the two
+/// children of a node next to each other (they are pushed together) and keeps each level of all
+/// the group's trees contiguous. Two slots come first: slot 0 is a filler that is never reached
+/// (it only exists so that every leaf's `self - 1` is a valid index without wrapping), slot 1 is
+/// the padding leaf that unused lanes of a partial group spin on.
+fn compile_group(trees: &[Tree], packing: Packing) -> Result<Group, ForestError> {
+    const FIRST: usize = 2;
+    let total: usize = FIRST + trees.iter().map(|t| t.nodes.len()).sum::<usize>();
+    // Every stored child index is < total; leaves store self - 1, internal nodes left < total.
+    let max = packing.max_index() as usize;
+    if total - 1 > max {
+        return Err(ForestError::TooLarge {
+            what: "node count of a group of trees",
+            value: total,
+            max: max + 1,
+        });
+    }
+    let leaf = |at: usize| PackedNode {
+        threshold: f32::NAN,
+        // `at >= 1` (the filler is never a leaf) and `at < total` fits (checked above).
+        word: packing.pack((at - 1) as u32, 0),
+    };
+    let mut nodes = Vec::with_capacity(total);
+    let mut values = Vec::with_capacity(total);
+    nodes.push(PackedNode {
+        threshold: f32::NAN,
+        word: 0,
+    });
+    nodes.push(leaf(1));
+    values.extend([0.0, 0.0]);
+    // Queue of (tree, original node index); a node's new index is FIRST + its queue position.
+    let mut queue: Vec<(usize, usize)> = (0..trees.len()).map(|t| (t, 0)).collect();
+    let mut head = 0;
+    while head < queue.len() {
+        let (t, i) = queue[head];
+        let n = trees[t].nodes[i];
+        if n.is_leaf() {
+            nodes.push(leaf(FIRST + head));
+        } else {
+            nodes.push(PackedNode {
+                threshold: n.threshold,
+                // Fits: the left child's index is < total (checked above), and the feature is
+                // < n_features (validated), which fits in the packing's feature bits.
+                word: packing.pack((FIRST + queue.len()) as u32, n.feature),
+            });
+            queue.push((t, n.left as usize));
+            queue.push((t, n.right as usize));
+        }
+        values.push(n.value);
+        head += 1;
+    }
+    // A validated tree reaches each of its nodes exactly once.
+    debug_assert_eq!(nodes.len(), total);
+    let mut roots = [1; GROUP];
+    for (t, root) in roots.iter_mut().enumerate().take(trees.len()) {
+        // Roots are enqueued first, in tree order.
+        *root = (FIRST + t) as u32;
+    }
+    Ok(Group {
+        nodes: nodes.into_boxed_slice(),
+        values: values.into_boxed_slice(),
+        roots,
+        n_trees: trees.len(),
+        depth: trees.iter().map(Tree::depth).max().unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forest::tree::Node;
+
+    fn split(feature: u32, threshold: f32, left: u32, right: u32, value: f32) -> Node {
+        Node {
+            feature,
+            threshold,
+            left,
+            right,
+            value,
+            weight: 1.0,
+        }
+    }
+
+    /// x0 <= 1 ? (x1 <= 5 ? 0.1 : 0.7) : 0.9, root 0.5, inner 0.3.
+    fn two_level() -> Tree {
+        Tree {
+            nodes: vec![
+                split(0, 1.0, 1, 2, 0.5),
+                split(1, 5.0, 3, 4, 0.3),
+                Node::leaf(0.9, 1.0),
+                Node::leaf(0.1, 1.0),
+                Node::leaf(0.7, 1.0),
+            ],
+        }
+    }
+
+    fn stump(feature: u32, threshold: f32, l: f32, r: f32) -> Tree {
+        Tree {
+            nodes: vec![
+                split(feature, threshold, 1, 2, (l + r) / 2.0),
+                Node::leaf(l, 1.0),
+                Node::leaf(r, 1.0),
+            ],
+        }
+    }
+
+    fn forest(trees: Vec<Tree>) -> Forest {
+        Forest {
+            n_features: 2,
+            trees,
+        }
+    }
+
+    #[test]
+    fn matches_reference_on_thresholds_nan_and_infinities() {
+        let f = forest(vec![
+            two_level(),
+            stump(1, 5.0, 0.2, 0.4),
+            Tree {
+                nodes: vec![Node::leaf(0.25, 1.0)],
+            },
+            stump(0, f32::INFINITY, 0.6, 0.0),
+        ]);
+        let c = CompiledForest::compile(&f).unwrap();
+        assert_eq!((c.n_trees(), c.n_features()), (4, 2));
+        let probes = [
+            f32::NEG_INFINITY,
+            -1.0,
+            1.0,
+            1.0 + f32::EPSILON,
+            5.0,
+            5.000001,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        for &a in &probes {
+            for &b in &probes {
+                let x = [a, b];
+                let want = f.predict(&x);
+                let got = c.score(&x);
+                assert_eq!(got.to_bits(), want.to_bits(), "x = {x:?}");
+            }
+        }
+        // Spot check the semantics themselves: equal goes left, NaN goes right.
+        assert_eq!(c.score(&[1.0, 5.0]), (0.1 + 0.2 + 0.25 + 0.6) / 4.0);
+        assert_eq!(
+            c.score(&[f32::NAN, f32::NAN]),
+            (0.9 + 0.4 + 0.25 + 0.0) / 4.0
+        );
+    }
+
+    #[test]
+    fn partial_and_multiple_groups_match_reference() {
+        // 2 full groups + 3 trees: exercises padding lanes and cross-group summation order.
+        let trees: Vec<Tree> = (0..(2 * GROUP + 3))
+            .map(|k| {
+                let t = k as f32 * 0.37 - 2.0;
+                if k % 3 == 0 {
+                    two_level()
+                } else {
+                    stump((k % 2) as u32, t, (k as f32 * 0.05) % 1.0, 0.33)
+                }
+            })
+            .collect();
+        let f = forest(trees);
+        let c = CompiledForest::compile(&f).unwrap();
+        for i in -30..30 {
+            for j in -3..8 {
+                let x = [i as f32 * 0.13, j as f32];
+                assert_eq!(c.score(&x).to_bits(), f.predict(&x).to_bits(), "x = {x:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn leaf_only_forest_with_no_features() {
+        let f = Forest {
+            n_features: 0,
+            trees: vec![Tree {
+                nodes: vec![Node::leaf(0.125, 3.0)],
+            }],
+        };
+        let c = CompiledForest::compile(&f).unwrap();
+        assert_eq!(c.score(&[]), 0.125);
+        assert_eq!(c.base_rate(), 0.125);
+        let mut out = [1.0; 3];
+        c.score_batch(ndarray::Array2::<f32>::zeros((3, 0)).view(), &mut out);
+        assert_eq!(out, [0.125; 3]);
+        let e = c.reasons(&[], 3);
+        assert_eq!(e.score, 0.125);
+        assert!(e.reasons.is_empty());
+    }
+
+    #[test]
+    fn wrong_lengths_are_errors_not_panics() {
+        let c = CompiledForest::compile(&forest(vec![two_level()])).unwrap();
+        assert_eq!(
+            c.try_score(&[1.0]),
+            Err(ScoreError::RowLength {
+                expected: 2,
+                got: 1
+            })
+        );
+        assert!(c.try_score(&[1.0, 2.0, 3.0]).is_err());
+        let mut contrib = [0.0; 3];
+        assert_eq!(
+            c.try_explain(&[1.0, 2.0], &mut contrib),
+            Err(ScoreError::ContribLength {
+                expected: 2,
+                got: 3
+            })
+        );
+        let rows = ndarray::Array2::<f32>::zeros((4, 2));
+        let mut out = [0.0; 3];
+        assert_eq!(
+            c.try_score_batch(rows.view(), &mut out),
+            Err(ScoreError::OutputLength { rows: 4, got: 3 })
+        );
+        let rows = ndarray::Array2::<f32>::zeros((3, 1));
+        assert!(c.try_score_batch(rows.view(), &mut out).is_err());
+        assert!(c.try_reasons(&[], 1).is_err());
+    }
+
+    #[test]
+    fn compile_rejects_invalid_and_oversized_forests() {
+        let mut bad = forest(vec![two_level()]);
+        bad.trees[0].nodes[1].right = 1;
+        assert!(matches!(
+            CompiledForest::compile(&bad),
+            Err(ForestError::BadChild { .. })
+        ));
+        assert_eq!(
+            CompiledForest::compile(&forest(vec![])).err(),
+            Some(ForestError::Empty)
+        );
+        let huge = Forest {
+            n_features: 70_000,
+            trees: vec![two_level()],
+        };
+        assert!(matches!(
+            CompiledForest::compile(&huge),
+            Err(ForestError::TooLarge { value: 70_000, .. })
+        ));
+    }
+
+    /// A "caterpillar" tree: internal node k splits on feature k % n_features at threshold k
+    /// and its left child is a leaf; `n_internal` internal nodes, depth `n_internal`.
+    fn caterpillar(n_internal: usize, n_features: usize) -> Tree {
+        let mut nodes = Vec::with_capacity(2 * n_internal + 1);
+        for k in 0..n_internal {
+            let at = nodes.len() as u32;
+            nodes.push(split(
+                (k % n_features) as u32,
+                k as f32,
+                at + 1,
+                at + 2,
+                0.5,
+            ));
+            nodes.push(Node::leaf((k % 7) as f32 / 7.0, 1.0));
+        }
+        nodes.push(Node::leaf(1.0, 1.0));
+        Tree { nodes }
+    }
+
+    #[test]
+    fn group_size_limit_depends_on_feature_bits() {
+        // 65539 nodes: too many for 16 child bits (65536 features), fine with 10 (1000 features).
+        let tree = caterpillar(32_769, 1000);
+        let wide = Forest {
+            n_features: 65_536,
+            trees: vec![tree.clone()],
+        };
+        assert!(matches!(
+            CompiledForest::compile(&wide),
+            Err(ForestError::TooLarge { max: 65_536, .. })
+        ));
+        let f = Forest {
+            n_features: 1000,
+            trees: vec![tree.clone(), tree],
+        };
+        let c = CompiledForest::compile(&f).unwrap();
+        for row in [0.0f32, 999.5, 31_999.0, 40_000.0] {
+            let x: Vec<f32> = (0..1000).map(|k| row + k as f32).collect();
+            assert_eq!(c.score(&x).to_bits(), f.predict(&x).to_bits());
+        }
+    }
+
+    #[test]
+    fn explain_attributes_path_changes_to_split_features() {
+        let c = CompiledForest::compile(&forest(vec![two_level()])).unwrap();
+        let mut contrib = [0.0; 2];
+        // Path: root(0.5) -x0-> inner(0.3) -x1-> leaf 0.7.
+        let s = c.explain(&[0.0, 6.0], &mut contrib);
+        assert_eq!(s, 0.7);
+        assert!((contrib[0] - (0.3 - 0.5)).abs() < 1e-7);
+        assert!((contrib[1] - (0.7 - 0.3)).abs() < 1e-7);
+        assert_eq!(c.base_rate(), 0.5);
+        // Path: root -x0-> leaf 0.9; x1 is never consulted.
+        let s = c.explain(&[2.0, 6.0], &mut contrib);
+        assert_eq!(s, 0.9);
+        assert!((contrib[0] - 0.4).abs() < 1e-7);
+        assert_eq!(contrib[1], 0.0);
+    }
+
+    #[test]
+    fn explain_averages_over_trees_and_adds_up() {
+        let f = forest(vec![
+            two_level(),
+            stump(1, 5.0, 0.2, 0.4),
+            stump(0, 0.0, 1.0, 0.0),
+        ]);
+        let c = CompiledForest::compile(&f).unwrap();
+        let mut contrib = [0.0; 2];
+        for x in [[0.0, 6.0], [-1.0, 0.0], [3.0, 5.0], [f32::NAN, 1.0]] {
+            let s = c.explain(&x, &mut contrib);
+            assert_eq!(s.to_bits(), c.score(&x).to_bits());
+            let total = c.base_rate() + contrib.iter().sum::<f32>();
+            assert!((total - s).abs() < 1e-6, "x = {x:?}: {total} vs {s}");
+        }
+        // Hand-computed for x = [-1, 0]: tree 0 (x0 left, x1 left): x0 -0.2, x1 -0.2;
+        // tree 1 (x1 left): x1 -0.1; tree 2 (x0 left): x0 +0.5.
+        c.explain(&[-1.0, 0.0], &mut contrib);
+        assert!((contrib[0] - 0.3 / 3.0).abs() < 1e-6);
+        assert!((contrib[1] + 0.3 / 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn reasons_keep_top_positive_contributions_in_order() {
+        // Three features; stumps pushing up on x0 (a lot), x2 (a little), down on x1.
+        let f = Forest {
+            n_features: 3,
+            trees: vec![
+                stump(0, 0.0, 0.0, 1.0),
+                stump(2, 0.0, 0.4, 0.6),
+                stump(1, 0.0, 0.2, 0.8),
+            ],
+        };
+        let c = CompiledForest::compile(&f).unwrap();
+        let x = [1.0, -1.0, 1.0];
+        let e = c.reasons(&x, 5);
+        assert_eq!(e.score, c.score(&x));
+        assert_eq!(e.base_rate, 0.5);
+        let features: Vec<usize> = e.reasons.iter().map(|r| r.feature).collect();
+        assert_eq!(features, vec![0, 2]);
+        assert!((e.reasons[0].contribution - 0.5 / 3.0).abs() < 1e-6);
+        assert!((e.reasons[1].contribution - 0.1 / 3.0).abs() < 1e-6);
+        assert_eq!(c.reasons(&x, 1).reasons.len(), 1);
+        assert!(c.reasons(&x, 0).reasons.is_empty());
+    }
+
+    #[test]
+    fn batch_equals_single_row_for_strided_views() {
+        let f = forest(vec![two_level(), stump(1, 5.0, 0.2, 0.4)]);
+        let c = CompiledForest::compile(&f).unwrap();
+        let rows = ndarray::Array2::from_shape_fn((600, 2), |(r, k)| {
+            ((r * 7 + k * 3) % 13) as f32 * 0.5 - 1.0
+        });
+        let mut out = vec![0.0; 600];
+        c.score_batch(rows.view(), &mut out);
+        let mut out_t = vec![0.0; 600];
+        let transposed = rows.t().to_owned();
+        c.score_batch(transposed.t(), &mut out_t);
+        for (r, row) in rows.outer_iter().enumerate() {
+            let want = f.predict(row.as_slice().unwrap());
+            assert_eq!(out[r].to_bits(), want.to_bits(), "row {r}");
+            assert_eq!(out_t[r].to_bits(), want.to_bits(), "row {r} (strided)");
+        }
+    }
+}

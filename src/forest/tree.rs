@@ -122,6 +122,14 @@ pub enum ForestError {
     },
     #[error("tree {tree} node {node}: threshold or value is not finite / not a probability")]
     BadNumber { tree: usize, node: usize },
+    /// A size the compiled scorer's compact layout cannot represent (e.g. more than 65536
+    /// features for its `u16` feature indices).
+    #[error("{what} is {value}, the compiled scorer supports at most {max}")]
+    TooLarge {
+        what: &'static str,
+        value: usize,
+        max: usize,
+    },
 }
 
 impl Forest {
