@@ -285,6 +285,11 @@ const BIG_TICKET_PROB: f64 = 0.003;
 
 /// Writes a history of `cfg.rows` rows to `out` and returns what was generated. `progress` is
 /// called with the number of rows written so far after each simulated day.
+///
+/// `out` needs no extra buffering: rows are formatted into an internal buffer and written in
+/// chunks of about 1 MiB. Legitimate rows carry label `0` and an empty `label_time` (no
+/// chargeback ever arrives; readers apply their default label latency); fraud rows carry label
+/// `1` and the chargeback time.
 pub fn generate<W: Write>(
     cfg: &GeneratorConfig,
     mut out: W,
@@ -335,17 +340,17 @@ pub fn generate<W: Write>(
     };
     let mut per_pattern = [0u64; 6];
     while summary.rows < cfg.rows {
+        // `validate` bounds the expected span to a century from at most 2100, so only extreme
+        // settings (few, very quiet cards) get here.
+        if sim.day_start + DAY_MS > MAX_TIMESTAMP_MS {
+            return Err(past_the_end(cfg));
+        }
         sim.simulate_day();
         summary.days += 1;
         let take = (cfg.rows - summary.rows).min(sim.today.len() as u64) as usize;
         for e in &sim.today[..take] {
-            if e.ts > MAX_TIMESTAMP_MS || e.label_at > MAX_TIMESTAMP_MS {
-                // Unreachable after `validate` (start <= 2100, at most a century of days).
-                return Err(GenerateError::Config {
-                    field: "start_ms",
-                    value: cfg.start_ms.to_string(),
-                    reason: "the history would run past the latest accepted timestamp".into(),
-                });
+            if e.label_at > MAX_TIMESTAMP_MS {
+                return Err(past_the_end(cfg));
             }
             summary.rows += 1;
             if summary.rows == 1 {
@@ -373,6 +378,18 @@ pub fn generate<W: Write>(
             .insert(p.as_str().to_string(), per_pattern[p as usize]);
     }
     Ok(summary)
+}
+
+fn past_the_end(cfg: &GeneratorConfig) -> GenerateError {
+    GenerateError::Config {
+        field: "start_ms",
+        value: cfg.start_ms.to_string(),
+        reason: format!(
+            "{} rows from this start would run past the latest accepted timestamp; \
+             start earlier or use more cards",
+            cfg.rows
+        ),
+    }
 }
 
 fn write_row(buf: &mut Vec<u8>, tx_no: u64, e: &Event, world: &World, pattern_column: bool) {
