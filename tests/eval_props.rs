@@ -1,0 +1,85 @@
+//! Property tests: the O(n log n) sweeps agree with the O(n^2) textbook definitions.
+
+use proptest::prelude::*;
+use vigil::eval::Ranking;
+
+/// P(score of a random positive > score of a random negative) + 0.5 P(tie).
+fn brute_auc(scores: &[f32], labels: &[bool]) -> Option<f64> {
+    let (mut wins, mut pairs) = (0.0, 0.0);
+    for (i, &si) in scores.iter().enumerate() {
+        for (j, &sj) in scores.iter().enumerate() {
+            if labels[i] && !labels[j] {
+                pairs += 1.0;
+                if si > sj {
+                    wins += 1.0;
+                } else if si == sj {
+                    wins += 0.5;
+                }
+            }
+        }
+    }
+    (pairs > 0.0).then(|| wins / pairs)
+}
+
+/// Mean over positives of the precision at that positive's score (all rows scoring at least as
+/// high are flagged) -- average precision with ties grouped, written from the definition.
+fn brute_ap(scores: &[f32], labels: &[bool]) -> Option<f64> {
+    let positives = labels.iter().filter(|&&l| l).count();
+    if positives == 0 {
+        return None;
+    }
+    let mut sum = 0.0;
+    for (i, &si) in scores.iter().enumerate() {
+        if labels[i] {
+            let flagged = scores.iter().filter(|&&s| s >= si).count();
+            let tp = scores
+                .iter()
+                .zip(labels)
+                .filter(|(&s, &l)| l && s >= si)
+                .count();
+            sum += tp as f64 / flagged as f64;
+        }
+    }
+    Some(sum / positives as f64)
+}
+
+fn data() -> impl Strategy<Value = (Vec<f32>, Vec<bool>)> {
+    // Scores on a coarse grid so ties are common.
+    prop::collection::vec((0u8..12, any::<bool>()), 0..60).prop_map(|rows| {
+        rows.into_iter()
+            .map(|(s, l)| (f32::from(s) / 11.0, l))
+            .unzip()
+    })
+}
+
+proptest! {
+    #[test]
+    fn auc_and_ap_match_their_definitions((scores, labels) in data()) {
+        let r = Ranking::new(&scores, &labels).unwrap();
+        let has_neg = labels.iter().any(|&l| !l);
+        let expected_auc = if has_neg { brute_auc(&scores, &labels) } else { None };
+        match (r.auc_roc(), expected_auc) {
+            (Some(a), Some(b)) => prop_assert!((a - b).abs() < 1e-12, "auc {} vs {}", a, b),
+            (a, b) => prop_assert_eq!(a, b),
+        }
+        match (r.average_precision(), brute_ap(&scores, &labels)) {
+            (Some(a), Some(b)) => prop_assert!((a - b).abs() < 1e-12, "ap {} vs {}", a, b),
+            (a, b) => prop_assert_eq!(a, b),
+        }
+    }
+
+    #[test]
+    fn confusion_is_consistent_and_thresholds_valid((scores, labels) in data(), t in 0u8..13) {
+        let r = Ranking::new(&scores, &labels).unwrap();
+        let threshold = f32::from(t) / 11.0;
+        let c = r.confusion_at(threshold);
+        let flagged = scores.iter().filter(|&&s| s >= threshold).count() as u64;
+        prop_assert_eq!(c.flagged(), flagged);
+        prop_assert_eq!(c.total(), scores.len() as u64);
+        prop_assert_eq!(c.tp + c.fn_, r.positives());
+        if !scores.is_empty() {
+            let th = r.suggest_thresholds().unwrap();
+            prop_assert!(th.validate().is_ok(), "{:?}", th);
+        }
+    }
+}
