@@ -137,10 +137,10 @@ fn valid_time_ordered_labelled_rows_and_truthful_summary() {
 
 #[test]
 fn fraud_rate_follows_the_configuration() {
-    for (rate, seed) in [(0.015, 1), (0.05, 2)] {
+    for (rate, seed, rows) in [(0.015, 1, 100_000), (0.05, 2, 40_000)] {
         let c = GeneratorConfig {
             fraud_rate: rate,
-            ..cfg(100_000, seed)
+            ..cfg(rows, seed)
         };
         let (_, s) = run(&c);
         let got = s.frauds as f64 / s.rows as f64;
@@ -158,7 +158,7 @@ fn fraud_rate_follows_the_configuration() {
 
 #[test]
 fn patterns_have_their_signature() {
-    let (bytes, _) = run(&cfg(150_000, 8));
+    let (bytes, _) = run(&cfg(100_000, 8));
     let (txs, patterns) = parse(&bytes);
     let fraud_mean = |want: FraudPattern| {
         let v: Vec<f64> = txs

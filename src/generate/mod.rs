@@ -211,8 +211,8 @@ impl FraudPattern {
     }
 }
 
-/// What a run produced.
-#[derive(Debug, Clone, PartialEq)]
+/// What a run produced (serializable, for the CLI's report).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct GenerateSummary {
     pub rows: u64,
     pub frauds: u64,

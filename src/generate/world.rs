@@ -235,6 +235,12 @@ pub(crate) struct WorldSize {
 /// Smallest merchant count that gives every city a few shops plus some online merchants.
 pub(crate) const MIN_MERCHANTS: u64 = (CITIES.len() * 3 + 5) as u64;
 
+/// The built world.
+///
+/// Invariants established by [`World::build`] (given at least [`MIN_MERCHANTS`] merchants) and
+/// relied on by the simulation when it indexes random elements: every city has at least three
+/// card-present merchants, there are at least five online merchants (so `testing_targets` is not
+/// empty), and every card's pool has at least one nearby shop and two online merchants.
 pub(crate) struct World {
     pub merchants: Vec<Merchant>,
     pub cards: Vec<Card>,
