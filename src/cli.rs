@@ -15,7 +15,7 @@ use vigil::decision::{Decision, Thresholds};
 use vigil::features::FeatureSpec;
 use vigil::forest::train::{ClassWeight, MaxFeatures, RandomForestParams};
 use vigil::generate::{self, GeneratorConfig};
-use vigil::model::{self, Model};
+use vigil::model;
 use vigil::pipeline::{self, parse_instant, Period, Reporter, SplitSpec};
 use vigil::record::{self, format_timestamp, History, ReadOptions, Transaction};
 use vigil::scorer::Scorer;
@@ -37,7 +37,7 @@ enum Command {
     /// Write a seeded synthetic transaction history (CSV, labelled).
     Generate(GenerateArgs),
     /// Train a random-forest model from a history file with a time-based split.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Score a period of a history file with a model and report AUC, AP, card precision@k.
     Evaluate(EvaluateArgs),
     /// Write the feature matrix of a history file (for debugging and other tools).
@@ -225,7 +225,7 @@ struct DemoArgs {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(a) => cmd_generate(a),
-        Command::Train(a) => cmd_train(a),
+        Command::Train(a) => cmd_train(*a),
         Command::Evaluate(a) => cmd_evaluate(a),
         Command::Features(a) => cmd_features(a),
         Command::Model {
@@ -391,7 +391,7 @@ fn forest_params(a: &TrainArgs) -> Result<RandomForestParams> {
         "all" => MaxFeatures::All,
         s => match (s.parse::<usize>(), s.parse::<f64>()) {
             (Ok(n), _) => MaxFeatures::Count(n),
-            (_, Ok(f)) => MaxFeatures::Fraction(f),
+            (_, Ok(f)) => MaxFeatures::Fraction(f as f32),
             _ => bail!("--max-features `{s}`: expected sqrt, log2, all, a count or a fraction"),
         },
     };
@@ -404,11 +404,11 @@ fn forest_params(a: &TrainArgs) -> Result<RandomForestParams> {
     };
     Ok(RandomForestParams::new()
         .n_trees(a.trees)
-        .max_depth(a.max_depth)
+        .max_depth(Some(a.max_depth))
         .min_samples_leaf(a.min_samples_leaf)
         .min_samples_split(a.min_samples_split)
         .max_features(max_features)
-        .bootstrap_fraction(a.bootstrap)
+        .bootstrap_fraction(a.bootstrap as f32)
         .class_weight(class_weight)
         .seed(a.seed))
 }
@@ -505,8 +505,6 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 &dir,
                 &format!("{} on the test period", loaded.name()),
                 ev,
-                &trained.test_scores,
-                &trained.test_labels,
             )
             .with_context(|| format!("writing report to {}", dir.display()))?;
             println!("report: {}", report_index(&dir, &files));
@@ -545,7 +543,7 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     if scored.rows.is_empty() {
         bail!("no rows of {} fall in {period}", a.history.data.display());
     }
-    let ev = pipeline::evaluate_scored(txs, &scored, a.k, &model.header.thresholds);
+    let ev = pipeline::evaluate_scored(txs, &scored, a.k, &model.header.thresholds)?;
     if let Some(p) = &a.predictions {
         write_predictions(p, txs, &scored)
             .with_context(|| format!("writing predictions to {}", p.display()))?;
@@ -553,12 +551,7 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let dir = a.report.clone().unwrap_or_else(|| {
         PathBuf::from("reports").join(format!("evaluate-{}", model.header.model_id))
     });
-    let labelled: Vec<usize> = (0..scored.rows.len())
-        .filter(|&j| txs[scored.rows[j]].label.is_some())
-        .collect();
-    let s: Vec<f32> = labelled.iter().map(|&j| scored.scores[j]).collect();
-    let l: Vec<bool> = labelled.iter().map(|&j| scored.labels[j]).collect();
-    let files = vigil::eval::write_report(&dir, &model.name(), &ev, &s, &l)
+    let files = vigil::eval::write_report(&dir, &model.name(), &ev)
         .with_context(|| format!("writing report to {}", dir.display()))?;
     if a.json {
         println!("{}", serde_json::to_string(&ev)?);

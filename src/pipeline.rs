@@ -50,6 +50,8 @@ pub enum PipelineError {
     Train(String),
     #[error("cannot compile the trained forest: {0}")]
     Compile(#[from] crate::forest::ForestError),
+    #[error("evaluation failed: {0}")]
+    Eval(#[from] eval::EvalError),
     #[error("cannot encode the model: {0}")]
     Model(#[from] crate::model::ModelError),
 }
@@ -149,8 +151,20 @@ impl SplitSpec {
                         format_timestamp(last_ms)
                     ));
                 }
+                // Cut at UTC midnights when the history is long enough, so periods read as
+                // dates and a day is never split between training and test.
+                const DAY: i64 = 86_400_000;
+                let long = end - start >= 3 * DAY;
+                let start = if long && start.rem_euclid(DAY) != 0 {
+                    start - start.rem_euclid(DAY) + DAY
+                } else {
+                    start
+                };
                 let span = (end - start) as f64;
-                let train_to = start + (span * train_frac) as i64;
+                let mut train_to = start + (span * train_frac) as i64;
+                if long && train_frac < 1.0 && train_to - train_to.rem_euclid(DAY) > start {
+                    train_to -= train_to.rem_euclid(DAY);
+                }
                 let train = Period {
                     from_ms: start,
                     to_ms: train_to,
@@ -229,14 +243,11 @@ pub struct TrainOptions {
     pub thresholds: Option<Thresholds>,
 }
 
-/// The result of training: the model's header and trees, plus the test-period scores for the
-/// report.
+/// The result of training: the model's header (with the test-period evaluation) and trees.
 pub struct Trained {
     pub header: ModelHeader,
     pub forest: Forest,
     pub split: Split,
-    pub test_scores: Vec<f32>,
-    pub test_labels: Vec<bool>,
 }
 
 /// Trains a model on `txs` (sorted by event time), evaluates it on the test period and builds
@@ -291,11 +302,11 @@ pub fn train(
     };
     let thresholds = match opts.thresholds {
         Some(t) => t,
-        None if !test_scores.is_empty() => eval::suggest_thresholds(&test_scores, &test_labels),
+        None if !test_scores.is_empty() => eval::suggest_thresholds(&test_scores, &test_labels)?,
         None => {
             let mut s = vec![0.0f32; train_rows.len()];
             compiled.score_batch(x_train.view(), &mut s);
-            eval::suggest_thresholds(&s, &y_train)
+            eval::suggest_thresholds(&s, &y_train)?
         }
     };
     let evaluation = if test_rows.is_empty() {
@@ -310,7 +321,7 @@ pub fn train(
             &times,
             opts.k,
             &thresholds,
-        ))
+        )?)
     };
     let period_str = |p: Option<Period>, from: bool| {
         p.map(|p| format_timestamp(if from { p.from_ms } else { p.to_ms }))
@@ -336,7 +347,7 @@ pub fn train(
             test_to: period_str(split.test, false),
             test_rows: test_rows.len() as u64,
             test_frauds: test_labels.iter().filter(|&&y| y).count() as u64,
-            params: serde_json::to_value(opts.params.params()).unwrap_or_default(),
+            params: serde_json::to_value(opts.params.hyperparameters()).unwrap_or_default(),
             fit_seconds,
         },
         evaluation,
@@ -349,8 +360,6 @@ pub fn train(
         header,
         forest,
         split,
-        test_scores,
-        test_labels,
     })
 }
 
@@ -408,7 +417,7 @@ pub fn evaluate_scored(
     scored: &Scored,
     k: usize,
     thresholds: &Thresholds,
-) -> Evaluation {
+) -> Result<Evaluation, PipelineError> {
     let keep: Vec<usize> = (0..scored.rows.len())
         .filter(|&j| txs[scored.rows[j]].label.is_some())
         .collect();
@@ -422,7 +431,9 @@ pub fn evaluate_scored(
         .iter()
         .map(|&j| txs[scored.rows[j]].timestamp_ms)
         .collect();
-    eval::evaluate(&scores, &labels, &cards, &times, k, thresholds)
+    Ok(eval::evaluate(
+        &scores, &labels, &cards, &times, k, thresholds,
+    )?)
 }
 
 #[cfg(test)]
