@@ -14,6 +14,7 @@ struct Data {
     scores: Vec<f32>,
     labels: Vec<bool>,
     cards: Vec<String>,
+    card_ids: Vec<u32>,
     timestamps: Vec<i64>,
 }
 
@@ -23,6 +24,7 @@ fn data() -> Data {
         scores: Vec::with_capacity(ROWS),
         labels: Vec::with_capacity(ROWS),
         cards: Vec::with_capacity(ROWS),
+        card_ids: Vec::with_capacity(ROWS),
         timestamps: Vec::with_capacity(ROWS),
     };
     for _ in 0..ROWS {
@@ -33,7 +35,9 @@ fn data() -> Data {
         d.scores
             .push((raw * 100.0).round() / 100.0 + rng.gen_range(0..50) as f32 * 1e-4);
         d.labels.push(fraud);
-        d.cards.push(format!("card-{}", rng.gen_range(0..50_000)));
+        let card = rng.gen_range(0..50_000);
+        d.cards.push(format!("card-{card}"));
+        d.card_ids.push(card);
         d.timestamps.push(rng.gen_range(0..30 * DAY_MS));
     }
     d
@@ -63,6 +67,11 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("card_precision_at_100", |b| {
         b.iter(|| card_precision_at_k(&d.scores, &d.labels, &d.cards, &d.timestamps, 100).unwrap())
+    });
+    g.bench_function("card_precision_at_100_interned", |b| {
+        b.iter(|| {
+            card_precision_at_k(&d.scores, &d.labels, &d.card_ids, &d.timestamps, 100).unwrap()
+        })
     });
     let th = Thresholds::new(0.3, 0.8).unwrap();
     g.bench_function("evaluate", |b| {

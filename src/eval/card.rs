@@ -13,6 +13,8 @@
 //! - The Handbook's variant that drops cards already found compromised on earlier days is not
 //!   applied: here every day is scored on its own.
 
+use std::hash::Hash;
+
 use chrono::DateTime;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -55,12 +57,16 @@ struct CardDay {
 
 /// Computes card precision@k per UTC day (see the module doc for the definition).
 ///
+/// Cards can be any hashable, ordered key: `&str` / `String` ids work directly, and a caller
+/// holding pre-interned integer ids (`u32`, `u64`) avoids hashing strings, which is where the
+/// time goes on large inputs (see `benches/eval.rs`). The key's `Ord` breaks score ties.
+///
 /// Fails when the slices differ in length, `k` is 0, a score is not finite or a timestamp is
 /// outside chrono's date range (about +/-262,000 years).
-pub fn card_precision_at_k<S: AsRef<str>>(
+pub fn card_precision_at_k<K: Hash + Eq + Ord>(
     scores: &[f32],
     labels: &[bool],
-    cards: &[S],
+    cards: &[K],
     timestamps_ms: &[i64],
     k: usize,
 ) -> Result<CardPrecision, EvalError> {
@@ -81,7 +87,12 @@ pub fn card_precision_at_k<S: AsRef<str>>(
         }
     }
 
-    let mut by_card_day: FxHashMap<(i64, &str), CardDay> = FxHashMap::default();
+    // Two maps instead of one keyed by (day, &K): cards are interned once into a small map (one
+    // entry per card, cache friendly), so the big per-(day, card) map has integer keys and never
+    // dereferences a string key on lookup.
+    let mut card_index: FxHashMap<&K, usize> = FxHashMap::default();
+    let mut card_names: Vec<&K> = Vec::new();
+    let mut by_card_day: FxHashMap<(i64, usize), CardDay> = FxHashMap::default();
     for (index, (((&score, &fraud), card), &ts)) in scores
         .iter()
         .zip(labels)
@@ -92,9 +103,13 @@ pub fn card_precision_at_k<S: AsRef<str>>(
         if !score.is_finite() {
             return Err(EvalError::NonFiniteScore { index, score });
         }
+        let card = *card_index.entry(card).or_insert_with(|| {
+            card_names.push(card);
+            card_names.len() - 1
+        });
         let day = ts.div_euclid(DAY_MS);
         by_card_day
-            .entry((day, card.as_ref()))
+            .entry((day, card))
             .and_modify(|cd| {
                 cd.max_score = cd.max_score.max(score);
                 cd.fraud |= fraud;
@@ -106,14 +121,16 @@ pub fn card_precision_at_k<S: AsRef<str>>(
     }
 
     // Group by day with a cheap integer sort, then only *select* each day's top k: a full sort
-    // by (score, card id) would compare card-id strings across the many score ties, and those
-    // scattered string reads dominated the run time (see benches/eval.rs).
-    let mut entries: Vec<((i64, &str), CardDay)> = by_card_day.into_iter().collect();
+    // by (score, card id) would compare card-id strings across the many score ties.
+    let mut entries: Vec<((i64, usize), CardDay)> = by_card_day.into_iter().collect();
     entries.sort_unstable_by_key(|((day, _), _)| *day);
     // Investigation order: highest score first, card id breaking ties deterministically.
+    // Indices come from `card_names.len() - 1` above, so indexing cannot fail.
     let investigation_order =
-        |((_, ca), a): &((i64, &str), CardDay), ((_, cb), b): &((i64, &str), CardDay)| {
-            b.max_score.total_cmp(&a.max_score).then(ca.cmp(cb))
+        |((_, ca), a): &((i64, usize), CardDay), ((_, cb), b): &((i64, usize), CardDay)| {
+            b.max_score
+                .total_cmp(&a.max_score)
+                .then_with(|| card_names[*ca].cmp(card_names[*cb]))
         };
 
     let mut per_day = Vec::new();
@@ -205,6 +222,19 @@ mod tests {
         // With k = 3, day 1 investigates all three cards: 2 hits.
         let cp = card_precision_at_k(&scores, &labels, &cards, &ts, 3).unwrap();
         assert!((cp.per_day[0].precision - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn integer_card_ids_work_like_strings() {
+        let ids = [3u32, 1, 2, 1];
+        let names = ["c", "a", "b", "a"];
+        let (s, l, t) = ([0.9, 0.5, 0.5, 0.1], [false, true, false, true], [MAR1; 4]);
+        let by_id = card_precision_at_k(&s, &l, &ids, &t, 2).unwrap();
+        let by_name = card_precision_at_k(&s, &l, &names, &t, 2).unwrap();
+        assert_eq!(by_id, by_name);
+        // Top 2: c (0.9, clean), then a (0.5, fraud) beats b (0.5) on id.
+        assert_eq!(by_id.per_day[0].hits, 1);
+        assert_eq!(by_id.per_day[0].fraud_cards, 1);
     }
 
     #[test]
