@@ -16,6 +16,7 @@
 use std::hash::Hash;
 
 use chrono::DateTime;
+use rayon::slice::ParallelSliceMut;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -48,12 +49,20 @@ pub struct CardPrecision {
     pub per_day: Vec<DailyCardPrecision>,
 }
 
-/// A card's summary for one day: its highest score and whether any transaction was fraud.
+/// One scored row, and after aggregation a card's summary for one day: its highest score and
+/// whether any of its transactions that day was fraud.
 #[derive(Debug, Clone, Copy)]
 struct CardDay {
+    /// Days since the epoch (UTC).
+    day: i64,
+    /// Index into the interned card keys.
+    card: usize,
     max_score: f32,
     fraud: bool,
 }
+
+/// Below this many rows a sequential sort is faster than waking the rayon pool.
+const PARALLEL_SORT_MIN_ROWS: usize = 1 << 16;
 
 /// Computes card precision@k per UTC day (see the module doc for the definition).
 ///
@@ -87,12 +96,13 @@ pub fn card_precision_at_k<K: Hash + Eq + Ord>(
         }
     }
 
-    // Two maps instead of one keyed by (day, &K): cards are interned once into a small map (one
-    // entry per card, cache friendly), so the big per-(day, card) map has integer keys and never
-    // dereferences a string key on lookup.
+    // Cards are interned once into a small map (one entry per card, cache friendly); the
+    // per-(day, card) aggregation is then a sort of compact integer-keyed rows rather than a
+    // hash map with one entry per (day, card): profiling showed that map's random accesses as
+    // the dominant cost, while the sort streams through memory.
     let mut card_index: FxHashMap<&K, usize> = FxHashMap::default();
-    let mut card_names: Vec<&K> = Vec::new();
-    let mut by_card_day: FxHashMap<(i64, usize), CardDay> = FxHashMap::default();
+    let mut card_keys: Vec<&K> = Vec::new();
+    let mut rows: Vec<CardDay> = Vec::with_capacity(scores.len());
     for (index, (((&score, &fraud), card), &ts)) in scores
         .iter()
         .zip(labels)
@@ -104,38 +114,46 @@ pub fn card_precision_at_k<K: Hash + Eq + Ord>(
             return Err(EvalError::NonFiniteScore { index, score });
         }
         let card = *card_index.entry(card).or_insert_with(|| {
-            card_names.push(card);
-            card_names.len() - 1
+            card_keys.push(card);
+            card_keys.len() - 1
         });
-        let day = ts.div_euclid(DAY_MS);
-        by_card_day
-            .entry((day, card))
-            .and_modify(|cd| {
-                cd.max_score = cd.max_score.max(score);
-                cd.fraud |= fraud;
-            })
-            .or_insert(CardDay {
-                max_score: score,
-                fraud,
-            });
+        rows.push(CardDay {
+            day: ts.div_euclid(DAY_MS),
+            card,
+            max_score: score,
+            fraud,
+        });
     }
+    let by_day_card = |r: &CardDay| (r.day, r.card);
+    if rows.len() >= PARALLEL_SORT_MIN_ROWS {
+        rows.par_sort_unstable_by_key(by_day_card);
+    } else {
+        rows.sort_unstable_by_key(by_day_card);
+    }
+    // Collapse each (day, card) run into one entry, keeping the order (sorted by day).
+    let mut entries: Vec<CardDay> = Vec::new();
+    for run in rows.chunk_by(|a, b| by_day_card(a) == by_day_card(b)) {
+        let mut cd = run[0]; // chunk_by never yields an empty run
+        for r in &run[1..] {
+            cd.max_score = cd.max_score.max(r.max_score);
+            cd.fraud |= r.fraud;
+        }
+        entries.push(cd);
+    }
+    drop(rows);
 
-    // Group by day with a cheap integer sort, then only *select* each day's top k: a full sort
-    // by (score, card id) would compare card-id strings across the many score ties.
-    let mut entries: Vec<((i64, usize), CardDay)> = by_card_day.into_iter().collect();
-    entries.sort_unstable_by_key(|((day, _), _)| *day);
-    // Investigation order: highest score first, card id breaking ties deterministically.
-    // Indices come from `card_names.len() - 1` above, so indexing cannot fail.
-    let investigation_order =
-        |((_, ca), a): &((i64, usize), CardDay), ((_, cb), b): &((i64, usize), CardDay)| {
-            b.max_score
-                .total_cmp(&a.max_score)
-                .then_with(|| card_names[*ca].cmp(card_names[*cb]))
-        };
+    // Investigation order: highest score first, card key breaking ties deterministically. Only
+    // each day's top k is *selected*, not the whole day sorted.
+    // Card indices come from `card_keys.len() - 1` above, so indexing cannot fail.
+    let investigation_order = |a: &CardDay, b: &CardDay| {
+        b.max_score
+            .total_cmp(&a.max_score)
+            .then_with(|| card_keys[a.card].cmp(card_keys[b.card]))
+    };
 
     let mut per_day = Vec::new();
-    for run in entries.chunk_by_mut(|a, b| a.0 .0 == b.0 .0) {
-        let day = run[0].0 .0; // chunk_by_mut never yields an empty run
+    for run in entries.chunk_by_mut(|a, b| a.day == b.day) {
+        let day = run[0].day; // chunk_by_mut never yields an empty run
         let date = format_day(day).ok_or_else(|| {
             // Report the first offending input timestamp, not the derived day number.
             let timestamp_ms = timestamps_ms
@@ -150,14 +168,11 @@ pub fn card_precision_at_k<K: Hash + Eq + Ord>(
             // Afterwards run[..investigated] holds exactly the top `investigated` cards.
             run.select_nth_unstable_by(investigated - 1, investigation_order);
         }
-        let hits = run[..investigated]
-            .iter()
-            .filter(|(_, cd)| cd.fraud)
-            .count();
+        let hits = run[..investigated].iter().filter(|cd| cd.fraud).count();
         per_day.push(DailyCardPrecision {
             date,
             cards: run.len() as u64,
-            fraud_cards: run.iter().filter(|(_, cd)| cd.fraud).count() as u64,
+            fraud_cards: run.iter().filter(|cd| cd.fraud).count() as u64,
             hits: hits as u64,
             precision: hits as f64 / investigated as f64,
         });
