@@ -83,3 +83,52 @@ proptest! {
         }
     }
 }
+
+/// Card precision@k by the definition: per day, every card's max score and fraud flag, fully
+/// sorted (score desc, card id), top k.
+fn brute_card_precision(
+    scores: &[f32],
+    labels: &[bool],
+    cards: &[String],
+    days: &[i64],
+    k: usize,
+) -> Vec<f64> {
+    use std::collections::BTreeMap;
+    let mut by_day: BTreeMap<i64, BTreeMap<&str, (f32, bool)>> = BTreeMap::new();
+    for i in 0..scores.len() {
+        let e = by_day
+            .entry(days[i])
+            .or_default()
+            .entry(cards[i].as_str())
+            .or_insert((f32::NEG_INFINITY, false));
+        e.0 = e.0.max(scores[i]);
+        e.1 |= labels[i];
+    }
+    by_day
+        .values()
+        .map(|cards| {
+            let mut v: Vec<(&str, f32, bool)> =
+                cards.iter().map(|(c, &(s, f))| (*c, s, f)).collect();
+            v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(b.0)));
+            let top = &v[..v.len().min(k)];
+            top.iter().filter(|x| x.2).count() as f64 / top.len() as f64
+        })
+        .collect()
+}
+
+proptest! {
+    #[test]
+    fn card_precision_matches_definition(
+        rows in prop::collection::vec((0u8..6, any::<bool>(), 0u8..15, 0i64..3), 1..200),
+        k in 1usize..8,
+    ) {
+        let scores: Vec<f32> = rows.iter().map(|r| f32::from(r.0) / 5.0).collect();
+        let labels: Vec<bool> = rows.iter().map(|r| r.1).collect();
+        let cards: Vec<String> = rows.iter().map(|r| format!("c{}", r.2)).collect();
+        let days: Vec<i64> = rows.iter().map(|r| r.3).collect();
+        let ts: Vec<i64> = days.iter().map(|d| d * 86_400_000 + 1234).collect();
+        let got = vigil::eval::card_precision_at_k(&scores, &labels, &cards, &ts, k).unwrap();
+        let got: Vec<f64> = got.per_day.iter().map(|d| d.precision).collect();
+        prop_assert_eq!(got, brute_card_precision(&scores, &labels, &cards, &days, k));
+    }
+}

@@ -166,15 +166,16 @@ impl Evaluation {
 /// Evaluates scores against labels: ranking metrics, card precision@`k` per UTC day, metrics at
 /// `thresholds`, curves and the score histogram. O(n log n); the scores are sorted once.
 ///
-/// `cards` and `timestamps_ms` (epoch ms, UTC) are only used for card precision@k. Empty input
+/// `cards` (any hashable, ordered id: `&str`, `String`, interned integers) and `timestamps_ms`
+/// (epoch ms, UTC) are only used for card precision@k. Empty input
 /// is valid and yields an evaluation whose metrics are all `None`.
 ///
 /// Fails when the columns differ in length, a score is not finite, `k` is 0 or a timestamp is
 /// outside the representable date range.
-pub fn evaluate<S: AsRef<str>>(
+pub fn evaluate<K: std::hash::Hash + Eq + Ord>(
     scores: &[f32],
     labels: &[bool],
-    cards: &[S],
+    cards: &[K],
     timestamps_ms: &[i64],
     k: usize,
     thresholds: &Thresholds,

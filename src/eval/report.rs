@@ -100,8 +100,12 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<(), ReportError> {
     })
 }
 
-/// Registers the embedded font once per process (plotters keeps a global font table).
-fn register_font() -> Result<(), ReportError> {
+/// Registers the embedded DejaVu Sans as plotters' `sans-serif` font, once per process (plotters
+/// keeps a global font table). [`write_report`] calls it; it is public because with the
+/// `ab_glyph` feature plotters has *no* font until one is registered, so anything else in the
+/// process that draws text with plotters (criterion's HTML report in `benches/`, for one) must
+/// call it first or panic on its first label.
+pub fn register_font() -> Result<(), ReportError> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let ok = *REGISTERED.get_or_init(|| {
         plotters::style::register_font(FONT, FontStyle::Normal, DEJAVU_SANS).is_ok()
