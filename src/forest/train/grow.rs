@@ -222,8 +222,7 @@ fn best_split(
         if n_bins < 2 {
             continue;
         }
-        let hist = &mut hist[..n_bins];
-        build_histogram(hist, data.column(f), samples);
+        build_histogram(&mut hist, n_bins, data.column(f), samples);
 
         let mut left: Counts = [0, 0];
         for (bin, h) in hist[..n_bins - 1].iter().enumerate() {
@@ -255,12 +254,16 @@ fn best_split(
 }
 
 /// Per-bin `[legitimate, fraud]` draw counts of one feature over a node's samples.
+///
+/// This is the hot loop of training (about 40% of the time at depth 12). The histogram has a
+/// fixed 256 slots so a `u8` code can index it without a bounds check; only the slots of real
+/// bins are cleared.
 #[inline]
-fn build_histogram(hist: &mut [[u32; 2]], column: &[u8], samples: &[Sample]) {
-    hist.fill([0, 0]);
+fn build_histogram(hist: &mut [Counts; 256], n_bins: usize, column: &[u8], samples: &[Sample]) {
+    hist[..n_bins].fill([0, 0]);
     for s in samples {
-        let bin = column[s.row as usize] as usize;
-        hist[bin][s.label()] += s.count();
+        let bin = column[s.row as usize];
+        hist[usize::from(bin)][s.label()] += s.count();
     }
 }
 
