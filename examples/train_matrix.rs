@@ -197,7 +197,10 @@ fn main() -> Result<()> {
     let scores: Vec<f32> = x_test
         .rows()
         .into_iter()
-        .map(|row| forest.predict(row.as_slice().unwrap_or(&row.to_vec())))
+        .map(|row| match row.as_slice() {
+            Some(slice) => forest.predict(slice),
+            None => forest.predict(&row.to_vec()),
+        })
         .collect();
     let bytes: Vec<u8> = scores.iter().flat_map(|s| s.to_le_bytes()).collect();
     std::fs::write(args.data.join("vigil_scores.f32"), bytes)?;
