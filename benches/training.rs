@@ -5,7 +5,8 @@
 //! (like for like) and 50k rows (the headline size). linfa-trees grows one tree, so it is
 //! compared with a one-tree vigil forest (bootstrap included in ours).
 //!
-//! `cargo bench --bench training -- --warm-up-time 1 --measurement-time 3`
+//! `cargo bench --bench training -- --warm-up-time 1 --measurement-time 3 --noplot`
+//! (`--noplot`: criterion's plotters backend panics on machines without a system font.)
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use linfa::prelude::*;
