@@ -2,8 +2,8 @@
 //!
 //! A classic random forest for the binary fraud label: every tree is grown on its own bootstrap
 //! sample, choosing at every node the best weighted-Gini cut among a fresh random subset of the
-//! features. What makes it fast is that the matrix is quantile-binned once ([`binning`]): nodes
-//! are split from small per-bin count histograms instead of sorted values ([`grow`]).
+//! features. What makes it fast is that the matrix is quantile-binned once (module `binning`):
+//! nodes are split from small per-bin count histograms instead of sorted values (module `grow`).
 //!
 //! The result is a plain [`Forest`] whose nodes carry the weighted fraud probability and weight
 //! of the training samples reaching them, so a score is a probability (mean of leaf
