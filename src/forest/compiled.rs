@@ -19,6 +19,8 @@
 //!   asking "am I done?".
 //! - **Interleaving.** [`GROUP`] trees are walked in lock step; their steps are independent, so
 //!   the out-of-order core overlaps their load latencies (instruction-level parallelism).
+//!   [`CompiledForest::score_batch`] turns this around: one tree at a time, several rows in lock
+//!   step, so the tree's nodes stay in L1 while a block of rows goes through it.
 //! - **Compact, level-ordered storage.** Each group has one array of 8-byte nodes: an `f32`
 //!   threshold and one `u32` word holding the left child index in its high bits and the feature
 //!   index in its low `feature_bits` bits (6 bits for 33-64 features). One step thus touches one
@@ -52,7 +54,7 @@ use super::tree::{Forest, ForestError, Tree};
 /// Number of trees walked in lock step. Measured on the 100-tree, depth-12 benchmark model:
 /// 16 chains beat 8 by ~30% (more loads in flight to hide L2 latency, even though some indices
 /// spill to the stack) and 32 lose again. A final partial group is walked with only 4 or 8
-/// lanes (see [`Group::lanes`]) so it does not pay for 16.
+/// lanes so it does not pay for 16.
 pub const GROUP: usize = 16;
 
 /// Rows walked in lock step by [`CompiledForest::score_batch`] (which goes tree by tree).
