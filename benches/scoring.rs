@@ -84,6 +84,35 @@ fn criterion_benches(c: &mut Criterion, s: &Setup) {
     g.finish();
 }
 
+/// Nanoseconds this thread has spent on a CPU (Linux `/proc/thread-self/schedstat`), if known.
+///
+/// The benchmark machine is shared (load average far above its core count), so wall-clock
+/// means include time spent preempted; on-CPU time per call removes that (it still includes
+/// cache and SMT interference from the neighbours).
+fn on_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+/// Mean on-CPU and wall time per call over `calls` calls.
+fn on_cpu_mean(name: &str, calls: usize, per: &str, mut f: impl FnMut()) {
+    for _ in 0..calls / 10 {
+        f();
+    }
+    let (cpu0, wall0) = (on_cpu_ns(), Instant::now());
+    for _ in 0..calls {
+        f();
+    }
+    let wall = wall0.elapsed().as_nanos() as f64 / calls as f64;
+    match (cpu0, on_cpu_ns()) {
+        (Some(a), Some(b)) => println!(
+            "{name:<28} on-CPU mean {:>8.1} ns{per}   (wall mean {wall:.1})",
+            (b - a) as f64 / calls as f64
+        ),
+        _ => println!("{name:<28} wall mean {wall:.1} ns{per} (on-CPU time unavailable)"),
+    }
+}
+
 /// p50/p90/p99 of individually timed calls.
 fn percentiles(name: &str, calls: usize, mut f: impl FnMut()) {
     for _ in 0..calls / 10 {
@@ -130,17 +159,35 @@ fn percentile_table(s: &Setup) {
     percentiles("reference Forest::predict", CALLS / 4, || {
         black_box(s.forest.predict(black_box(next())));
     });
+
+    let mut next = rotating(&s.probes);
+    on_cpu_mean("compiled score", CALLS, "", || {
+        black_box(s.compiled.score(black_box(next())));
+    });
+    let same = &s.probes[..N_FEATURES];
+    on_cpu_mean("compiled score (same row)", CALLS, "", || {
+        black_box(s.compiled.score(black_box(same)));
+    });
+    let mut next = rotating(&s.probes);
+    on_cpu_mean("compiled explain", CALLS / 4, "", || {
+        black_box(s.compiled.explain(black_box(next()), &mut contrib));
+    });
+    let mut next = rotating(&s.probes);
+    on_cpu_mean("reference Forest::predict", CALLS / 10, "", || {
+        black_box(s.forest.predict(black_box(next())));
+    });
     let rows = ArrayView2::from_shape((BATCH, N_FEATURES), &s.probes[..BATCH * N_FEATURES])
         .expect("row-major probes");
     let mut out = vec![0.0; BATCH];
-    let reps = 200;
-    let t = Instant::now();
-    for _ in 0..reps {
-        s.compiled.score_batch(black_box(rows.view()), &mut out);
-        black_box(&out);
-    }
-    let per_row_tree = t.elapsed().as_nanos() as f64 / (reps * BATCH * N_TREES) as f64;
-    println!("score_batch({BATCH} rows)        {per_row_tree:.2} ns per row per tree");
+    on_cpu_mean(
+        &format!("score_batch({BATCH} rows)"),
+        200,
+        &format!(" per batch = that / {} per row per tree", BATCH * N_TREES),
+        || {
+            s.compiled.score_batch(black_box(rows.view()), &mut out);
+            black_box(&out);
+        },
+    );
 }
 
 fn main() {
