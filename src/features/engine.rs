@@ -16,6 +16,12 @@
 //! Slow path (late events, too-late events, a peek at a late event, or a label known after the
 //! event time): every feature of the entity is recomputed by scanning its deque; a late event is
 //! then inserted at its place and the running aggregates adjusted in O(windows).
+//!
+//! Costs to know about: the slow path is O(events of the entity in the window), which for a busy
+//! merchant's 30-day window is thousands of events; it is meant for the rare late event. A label
+//! whose `known_at` is after the current event time (a label feed whose clock runs ahead of the
+//! transaction stream) keeps risk features on the scan path until event time catches up. Distinct
+//! and previous-event features always scan, so declare them on cards, not on merchants.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
