@@ -19,6 +19,13 @@
 //! events, and evicts as it goes.
 //!
 //! Run: `cargo bench --bench features -- --warm-up-time 1 --measurement-time 3`
+//!
+//! Measured 2026-11-25 on the shared 2-core build VM (load average 2.5-8 from parallel builds, so
+//! +-30 % run to run), criterion median per transaction:
+//! default 10k cards 4.4 us, 1M cards 7.9 us; minimal_1h 10k cards 1.1 us, 1M cards 4.5 us.
+//! For calibration, a bare `FxHashMap<u64, VecDeque<(i64, f32)>>` count/sum/max-over-1h loop
+//! (the prototype) measured 225 ns at 10k keys and 878 ns at 1M keys on the same VM at the same
+//! time, against the 67 / 201 ns quoted for it: the 250 ns target is not met (see the report).
 
 use std::collections::VecDeque;
 use std::path::Path;
