@@ -1043,6 +1043,8 @@ impl FeatureEngine {
         self.next_sweep = self.watermark.saturating_add(every);
     }
 
+    /// Counters plus the current population. Walks every entity to count held events (O(entities),
+    /// a few ms at a million cards): call it for monitoring, not per event.
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             entities: self.tables.iter().map(|t| t.map.len()).sum(),
