@@ -16,6 +16,12 @@
 //! Slow path (late events, too-late events, a peek at a late event, or a label known after the
 //! event time): every feature of the entity is recomputed by scanning its deque; a late event is
 //! then inserted at its place and the running aggregates adjusted in O(windows).
+//!
+//! Costs to know about: the slow path is O(events of the entity in the window), which for a busy
+//! merchant's 30-day window is thousands of events; it is meant for the rare late event. A label
+//! whose `known_at` is after the current event time (a label feed whose clock runs ahead of the
+//! transaction stream) keeps risk features on the scan path until event time catches up. Distinct
+//! and previous-event features always scan, so declare them on cards, not on merchants.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -108,9 +114,14 @@ impl Ev {
 }
 
 /// Running aggregates of one window length, covering `events[start..]`.
+///
+/// The `*_ts` fields cache the timestamp at a pointer so that advancing a window whose edge has
+/// not moved touches no event memory: at a million entities every deque access is a cache miss.
 #[derive(Debug, Clone, Copy, Default)]
 struct RunWin {
     start: usize,
+    /// `events[start].ts`, or `i64::MAX` when the window is empty.
+    exit_ts: i64,
     n: u32,
     sum: f64,
     sumsq: f64,
@@ -124,6 +135,10 @@ struct RunWin {
 struct RunRisk {
     lo: usize,
     hi: usize,
+    /// `events[lo].ts` when `lo < hi`, else `i64::MAX`.
+    lo_ts: i64,
+    /// `events[hi].ts`, or `i64::MAX` when `hi` is past the end.
+    hi_ts: i64,
     n: u32,
     /// Events in the window whose label says fraud (whatever its `known_at`; the fast path is
     /// only used when no applied label is known after the current event time).
@@ -137,6 +152,9 @@ struct EntityState {
     /// The time the running aggregates' lower edges are positioned for, or `i64::MIN` when they
     /// must be rebuilt by a scan before use.
     t_run: i64,
+    /// Timestamp of the oldest event (`i64::MAX` when none): eviction is checked against it
+    /// without touching the deque.
+    front_ts: i64,
     wins: Box<[RunWin]>,
     risks: Box<[RunRisk]>,
 }
@@ -207,6 +225,7 @@ impl TableCfg {
         EntityState {
             events: VecDeque::new(),
             t_run: i64::MIN,
+            front_ts: i64::MAX,
             wins: vec![RunWin::default(); self.win_lens.len()].into_boxed_slice(),
             risks: vec![RunRisk::default(); self.risk_params.len()].into_boxed_slice(),
         }
@@ -486,6 +505,7 @@ fn advance(
             }
             *w = RunWin {
                 start,
+                exit_ts: ts_at(events, start),
                 n: s.n,
                 sum: s.sum,
                 sumsq: s.sumsq,
@@ -500,6 +520,8 @@ fn advance(
             *r = RunRisk {
                 lo,
                 hi,
+                lo_ts: if lo < hi { events[lo].ts } else { i64::MAX },
+                hi_ts: ts_at(events, hi),
                 n: (hi - lo) as u32,
                 fraud,
             };
@@ -508,6 +530,9 @@ fn advance(
     }
     for (w, &len) in wins.iter_mut().zip(&table.win_lens) {
         let lower = t - len;
+        if w.exit_ts > lower {
+            continue;
+        }
         while let Some(e) = events.get(w.start).filter(|e| e.ts <= lower) {
             let x = f64::from(e.amount);
             w.n -= 1;
@@ -518,10 +543,12 @@ fn advance(
             }
             w.start += 1;
         }
+        w.exit_ts = ts_at(events, w.start);
         if w.n == 0 {
             // Exact zero instead of accumulated rounding residue.
             *w = RunWin {
                 start: w.start,
+                exit_ts: i64::MAX,
                 max_ok: true,
                 ..RunWin::default()
             };
@@ -534,16 +561,27 @@ fn advance(
         }
     }
     for (r, &(len, delay)) in risks.iter_mut().zip(&table.risk_params) {
-        while let Some(e) = events.get(r.hi).filter(|e| e.ts <= t - delay) {
-            r.n += 1;
-            r.fraud += u32::from(e.fraud);
-            r.hi += 1;
+        if r.hi_ts <= t - delay {
+            while let Some(e) = events.get(r.hi).filter(|e| e.ts <= t - delay) {
+                r.n += 1;
+                r.fraud += u32::from(e.fraud);
+                r.lo_ts = r.lo_ts.min(e.ts);
+                r.hi += 1;
+            }
+            r.hi_ts = ts_at(events, r.hi);
         }
-        while r.lo < r.hi && events[r.lo].ts <= t - delay - len {
-            let e = &events[r.lo];
-            r.n -= 1;
-            r.fraud -= u32::from(e.fraud);
-            r.lo += 1;
+        if r.lo_ts <= t - delay - len {
+            while r.lo < r.hi && events[r.lo].ts <= t - delay - len {
+                let e = &events[r.lo];
+                r.n -= 1;
+                r.fraud -= u32::from(e.fraud);
+                r.lo += 1;
+            }
+            r.lo_ts = if r.lo < r.hi {
+                events[r.lo].ts
+            } else {
+                i64::MAX
+            };
         }
     }
 }
@@ -553,6 +591,7 @@ impl EntityState {
     /// consistent with their positions at `t_run`.
     fn insert(&mut self, p: usize, ev: Ev, table: &TableCfg) {
         self.events.insert(p, ev);
+        self.front_ts = self.front_ts.min(ev.ts);
         if self.t_run == i64::MIN {
             return;
         }
@@ -560,6 +599,8 @@ impl EntityState {
             if ev.ts <= self.t_run - len {
                 w.start += 1;
             } else {
+                // Inserted at or after `start`: it is the new edge if it sorts first.
+                w.exit_ts = w.exit_ts.min(ev.ts);
                 w.max = if w.n == 0 {
                     ev.amount
                 } else {
@@ -576,8 +617,11 @@ impl EntityState {
                 r.lo += 1;
                 r.hi += 1;
             } else if ev.ts <= self.t_run - delay {
+                r.lo_ts = r.lo_ts.min(ev.ts);
                 r.n += 1;
                 r.hi += 1;
+            } else {
+                r.hi_ts = r.hi_ts.min(ev.ts);
             }
         }
     }
@@ -589,10 +633,10 @@ impl EntityState {
         horizon: i64,
         tx_index: &mut Option<FxHashMap<u64, (u64, i64)>>,
     ) -> usize {
-        let k = self.events.partition_point(|e| e.ts <= horizon);
-        if k == 0 {
+        if self.front_ts > horizon {
             return 0;
         }
+        let k = self.events.partition_point(|e| e.ts <= horizon);
         if let Some(index) = tx_index.as_mut() {
             for e in self.events.range(..k) {
                 // A later transaction may have reused the id; only drop our own entry.
@@ -602,6 +646,7 @@ impl EntityState {
             }
         }
         self.events.drain(..k);
+        self.front_ts = self.events.front().map_or(i64::MAX, |e| e.ts);
         let inside = self.wins.iter().any(|w| w.start < k) || self.risks.iter().any(|r| r.lo < k);
         if inside {
             // Only happens to entities idle for longer than the retention (swept); cheaper to
@@ -998,6 +1043,8 @@ impl FeatureEngine {
         self.next_sweep = self.watermark.saturating_add(every);
     }
 
+    /// Counters plus the current population. Walks every entity to count held events (O(entities),
+    /// a few ms at a million cards): call it for monitoring, not per event.
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             entities: self.tables.iter().map(|t| t.map.len()).sum(),
@@ -1010,6 +1057,11 @@ impl FeatureEngine {
             ..self.stats.clone()
         }
     }
+}
+
+/// `events[i].ts`, or `i64::MAX` past the end.
+fn ts_at(events: &VecDeque<Ev>, i: usize) -> i64 {
+    events.get(i).map_or(i64::MAX, |e| e.ts)
 }
 
 fn index_of<T: PartialEq + Copy>(v: &mut Vec<T>, x: T) -> usize {
