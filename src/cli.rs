@@ -301,20 +301,24 @@ fn read_history(h: &HistoryArgs, bars: &Bars) -> Result<History> {
         .with_context(|| format!("cannot read history file {}", h.data.display()))?
         .len();
     bars.stage("reading", size);
-    let mut history = record::read_history_with_progress(
+    let read = record::read_history_with_progress(
         &h.data,
         ReadOptions {
             skip_invalid: h.skip_invalid,
         },
         |b| bars.progress(b),
-    )
-    .with_context(|| {
-        if h.skip_invalid {
-            String::new()
-        } else {
-            "stopped at the first invalid row; --skip-invalid counts and skips such rows".into()
+    );
+    let mut history = match read {
+        Ok(history) => history,
+        Err(e @ record::HistoryError::Row(_)) => {
+            bars.finish();
+            bail!("{e}\nhint: --skip-invalid counts, reports and skips invalid rows instead of stopping")
         }
-    })?;
+        Err(e) => {
+            bars.finish();
+            return Err(e.into());
+        }
+    };
     bars.progress(size);
     bars.finish();
     if !history.skipped.is_empty() {
@@ -335,9 +339,12 @@ fn read_history(h: &HistoryArgs, bars: &Bars) -> Result<History> {
 }
 
 fn load_spec(path: &Path) -> Result<Arc<FeatureSpec>> {
-    Ok(Arc::new(FeatureSpec::load(path).with_context(|| {
-        format!("cannot use feature spec {}", path.display())
-    })?))
+    match FeatureSpec::load(path) {
+        Ok(spec) => Ok(Arc::new(spec)),
+        // The I/O error already names the file; the others name the key inside it.
+        Err(e @ vigil::features::SpecError::Io { .. }) => bail!("{e}"),
+        Err(e) => bail!("{}: {e}", path.display()),
+    }
 }
 
 fn cmd_generate(a: GenerateArgs) -> Result<()> {

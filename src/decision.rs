@@ -59,8 +59,12 @@ impl Thresholds {
         }
     }
 
+    /// A score that is not a number (which a correctly wired scorer never produces) is sent to
+    /// review rather than silently approved: failing safe means a person looks at it.
     pub fn decide(&self, score: f32) -> Decision {
-        if score >= self.decline {
+        if score.is_nan() {
+            Decision::Review
+        } else if score >= self.decline {
             Decision::Decline
         } else if score >= self.review {
             Decision::Review
@@ -82,5 +86,6 @@ mod tests {
         assert_eq!(t.decide(0.95), Decision::Decline);
         assert!(Thresholds::new(0.9, 0.1).is_err());
         assert!(Thresholds::new(f32::NAN, 0.1).is_err());
+        assert_eq!(t.decide(f32::NAN), Decision::Review);
     }
 }

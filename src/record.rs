@@ -384,10 +384,11 @@ pub struct CsvRowError {
 /// Errors reading a history file.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
-    #[error("cannot read {}: {source}", path.display())]
+    // The I/O error is part of the message rather than a `source`, so it is printed once.
+    #[error("cannot read {}: {cause}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{}: header has no `{column}` column (required: transaction_id, timestamp, card_id, merchant_id, amount)", path.display())]
     MissingColumn { path: PathBuf, column: &'static str },
@@ -504,9 +505,9 @@ pub fn read_history_with_progress(
     opts: ReadOptions,
     mut on_progress: impl FnMut(u64),
 ) -> Result<History, HistoryError> {
-    let file = std::fs::File::open(path).map_err(|source| HistoryError::Io {
+    let file = std::fs::File::open(path).map_err(|cause| HistoryError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     read_history_from(
         path,

@@ -45,7 +45,6 @@ pub struct Scorer {
     model: Arc<Model>,
     engine: FeatureEngine,
     row: Vec<f32>,
-    contrib: Vec<f32>,
     n_reasons: usize,
 }
 
@@ -56,7 +55,6 @@ impl Scorer {
             engine: FeatureEngine::new(model.spec.clone()),
             model,
             row: vec![0.0; n],
-            contrib: vec![0.0; n],
             n_reasons: DEFAULT_REASONS,
         }
     }
@@ -97,14 +95,19 @@ impl Scorer {
         &self.row
     }
 
-    fn verdict(&mut self, tx: &Transaction) -> Verdict {
-        let score = self.model.compiled.explain(&self.row, &mut self.contrib);
-        let reasons = top_reasons(
-            self.model.spec.feature_names(),
-            &self.row,
-            &self.contrib,
-            self.n_reasons,
-        );
+    fn verdict(&self, tx: &Transaction) -> Verdict {
+        let explanation = self.model.compiled.reasons(&self.row, self.n_reasons);
+        let names = self.model.spec.feature_names();
+        let reasons = explanation
+            .reasons
+            .iter()
+            .map(|r| Reason {
+                feature: names[r.feature].clone(),
+                value: self.row[r.feature],
+                contribution: r.contribution,
+            })
+            .collect();
+        let score = explanation.score;
         Verdict {
             transaction_id: tx.transaction_id.clone(),
             card_id: tx.card_id.clone(),
@@ -117,18 +120,4 @@ impl Scorer {
             model_version: self.model.header.version.clone(),
         }
     }
-}
-
-/// The `n` features with the largest positive contributions, largest first.
-pub fn top_reasons(names: &[String], row: &[f32], contrib: &[f32], n: usize) -> Vec<Reason> {
-    let mut idx: Vec<usize> = (0..contrib.len()).filter(|&i| contrib[i] > 0.0).collect();
-    idx.sort_unstable_by(|&a, &b| contrib[b].total_cmp(&contrib[a]).then(a.cmp(&b)));
-    idx.into_iter()
-        .take(n)
-        .map(|i| Reason {
-            feature: names.get(i).cloned().unwrap_or_else(|| format!("f{i}")),
-            value: row[i],
-            contribution: contrib[i],
-        })
-        .collect()
 }

@@ -51,11 +51,9 @@ pub enum ModelError {
     Forest(#[from] ForestError),
     #[error("model's thresholds are invalid: {0}")]
     Thresholds(#[from] crate::decision::ThresholdError),
-    #[error("cannot read model file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    // The I/O error is part of the message rather than a `source`, so it is printed once.
+    #[error("cannot read the file: {cause}")]
+    Io { path: String, cause: std::io::Error },
 }
 
 /// Content version: FNV-1a 64 over the spec fingerprint, thresholds and encoded trees, as 12 hex

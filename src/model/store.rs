@@ -11,9 +11,9 @@ use super::{Model, ModelHeader};
 
 /// Reads and fully checks a model file. See [`decode`].
 pub fn load(path: &Path, expected: Option<&FeatureSpec>) -> Result<Model, ModelError> {
-    let bytes = std::fs::read(path).map_err(|source| ModelError::Io {
+    let bytes = std::fs::read(path).map_err(|cause| ModelError::Io {
         path: path.display().to_string(),
-        source,
+        cause,
     })?;
     decode(&bytes, expected)
 }
@@ -21,9 +21,9 @@ pub fn load(path: &Path, expected: Option<&FeatureSpec>) -> Result<Model, ModelE
 /// Writes a model file atomically: the bytes go to a temporary file in the same directory, which
 /// is then renamed over `path`, so a scorer watching `path` never reads half a model.
 pub fn save(path: &Path, header: &ModelHeader, forest: &Forest) -> Result<(), ModelError> {
-    let io = |source| ModelError::Io {
+    let io = |cause| ModelError::Io {
         path: path.display().to_string(),
-        source,
+        cause,
     };
     let bytes = encode(header, forest)?;
     let dir = match path.parent() {
