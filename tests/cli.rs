@@ -78,7 +78,10 @@ fn generate_and_train() -> Trained {
         s(&root.join("report")),
     ]);
     let out = ok(t);
-    assert!(out.contains("AUC ROC"), "train prints the evaluation:\n{out}");
+    assert!(
+        out.contains("AUC ROC"),
+        "train prints the evaluation:\n{out}"
+    );
     Trained {
         _dir: dir,
         data,
