@@ -59,6 +59,8 @@
 //! group arrays, and every stored feature index is `< n_features`. Entry points check the row
 //! length against `n_features` before walking.
 
+use std::ops::Range;
+
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
 
@@ -131,8 +133,9 @@ impl Packing {
 #[derive(Debug, Clone)]
 struct Group {
     nodes: Box<[PackedNode]>,
-    /// P(fraud) per node: leaf values give the score, internal values give reason codes.
-    values: Box<[f32]>,
+    /// Per node, its value and where its reason list starts, plus one sentinel entry at the end
+    /// so that `values[i + 1].path_start` ends every list.
+    values: Box<[NodeValue]>,
     /// Root index per lane. Lanes past `n_trees` point at a padding leaf and are not summed.
     roots: [u32; GROUP],
     /// How many real trees this group holds (`GROUP` except possibly in the last group).
@@ -143,8 +146,23 @@ struct Group {
     depth: usize,
     /// Depth of each tree (0 for padding lanes), for the tree-at-a-time batch walk.
     depths: [usize; GROUP],
-    /// Precomputed per-leaf reason contributions; `None` when over the size budget.
-    paths: Option<LeafPaths>,
+    /// Precomputed per-leaf reason lists (see [`NodeValue`]); `None` when over the size budget.
+    steps: Option<Box<[PathStep]>>,
+}
+
+/// What a walk needs from a node once it has reached it.
+///
+/// The two fields are stored together because explain needs both for every leaf reached: the
+/// value line is fetched anyway for the score, so the list bounds come with it instead of from
+/// a separate array (which measured as one more cache miss per tree, and a serializing one,
+/// since the list's loop bounds depend on it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+struct NodeValue {
+    /// P(fraud): leaf values give the score, internal values the path re-walk's reason codes.
+    value: f32,
+    /// Start of this node's list in [`Group::steps`] (lists of internal nodes are empty).
+    path_start: u32,
 }
 
 /// One precomputed reason contribution: `delta` is the sum, over the splits on `feature` along a
@@ -159,38 +177,11 @@ struct PathStep {
     delta: f32,
 }
 
-/// The per-leaf lists of a group: the list of the leaf at group node index `i` is
+/// A group's per-leaf lists as built: the list of the leaf at group node index `i` is
 /// `steps[start[i]..start[i + 1]]` (empty for internal nodes and the two filler slots).
-#[derive(Debug, Clone)]
 struct LeafPaths {
-    start: Box<[u32]>,
-    steps: Box<[PathStep]>,
-}
-
-impl LeafPaths {
-    /// Adds the lists of `leaves` (group node indices reached by a walk) into `contrib`.
-    ///
-    /// # Safety
-    ///
-    /// `contrib.len()` must be the `n_features` of the forest this table was built from: every
-    /// stored feature is the split feature of a validated internal node, so `< n_features`.
-    #[inline(always)]
-    unsafe fn add_into(&self, leaves: &[u32], contrib: &mut [f32]) {
-        for &leaf in leaves {
-            let leaf = leaf as usize;
-            // Bounds-checked: two reads per tree, noise next to the walk.
-            let range = self.start[leaf] as usize..self.start[leaf + 1] as usize;
-            for step in &self.steps[range] {
-                let PathStep { feature, delta } = *step;
-                // SAFETY: `feature < n_features == contrib.len()` (function contract).
-                unsafe { *contrib.get_unchecked_mut(feature as usize) += delta };
-            }
-        }
-    }
-
-    fn heap_bytes(&self) -> usize {
-        std::mem::size_of_val(&*self.start) + std::mem::size_of_val(&*self.steps)
-    }
+    start: Vec<u32>,
+    steps: Vec<PathStep>,
 }
 
 /// Wrong input shape for a scoring call.
@@ -405,7 +396,7 @@ impl CompiledForest {
                         }
                     }
                     for (acc, &leaf) in out.iter_mut().zip(&idx) {
-                        *acc += g.values[leaf as usize];
+                        *acc += g.values[leaf as usize].value;
                     }
                 }
             }
@@ -439,16 +430,31 @@ impl CompiledForest {
         self.check_explain_args(x, contrib)?;
         contrib.fill(0.0);
         let mut sum = -0.0f32;
+        // The lists of the previous tabulated group. They are added one group late: their
+        // first lines are prefetched as soon as the leaves are known, and the next group's walk
+        // runs while they arrive (the tables are several MB, so most lists are cache misses).
+        let mut pending: (&[PathStep], [Range<usize>; GROUP], usize) = (&[], EMPTY_RANGES, 0);
         for g in &self.groups {
             // SAFETY: `x.len() == n_features` was checked above (see `walk`).
             let leaves = unsafe { walk(g, self.packing, x) };
             sum = add_leaves(g, &leaves, sum);
-            match &g.paths {
-                // SAFETY: `contrib.len() == n_features` was checked above.
-                Some(paths) => unsafe { paths.add_into(&leaves[..g.n_trees], contrib) },
+            match &g.steps {
+                Some(steps) => {
+                    let ranges = list_ranges(g, &leaves);
+                    for r in &ranges[..g.n_trees] {
+                        prefetch(steps, r);
+                    }
+                    let (steps_before, before, n) =
+                        std::mem::replace(&mut pending, (steps, ranges, g.n_trees));
+                    // SAFETY: `contrib.len() == n_features` was checked above.
+                    unsafe { add_lists(steps_before, &before[..n], contrib) };
+                }
                 None => walk_contributions(g, self.packing, x, contrib),
             }
         }
+        let (steps, ranges, n) = pending;
+        // SAFETY: `contrib.len() == n_features` was checked above.
+        unsafe { add_lists(steps, &ranges[..n], contrib) };
         let n = self.n_trees as f32;
         contrib.iter_mut().for_each(|c| *c /= n);
         Ok(sum / n)
@@ -474,14 +480,16 @@ impl CompiledForest {
         Ok(sum / n)
     }
 
-    /// Heap bytes of the walk itself: packed nodes, node values and per-group bookkeeping.
+    /// Heap bytes of the walk itself: packed nodes, node values and per-group bookkeeping (the
+    /// `path_start` half of the node values is counted in
+    /// [`reason_table_bytes`](Self::reason_table_bytes) instead).
     pub fn walk_bytes(&self) -> usize {
         self.groups
             .iter()
             .map(|g| {
                 std::mem::size_of::<Group>()
                     + std::mem::size_of_val(&*g.nodes)
-                    + std::mem::size_of_val(&*g.values)
+                    + g.values.len() * std::mem::size_of::<f32>()
             })
             .sum()
     }
@@ -491,8 +499,13 @@ impl CompiledForest {
     pub fn reason_table_bytes(&self) -> usize {
         self.groups
             .iter()
-            .filter_map(|g| g.paths.as_ref())
-            .map(LeafPaths::heap_bytes)
+            .map(|g| {
+                // The `path_start` half of every node value exists only for the tables.
+                let starts = g.values.len() * std::mem::size_of::<u32>();
+                g.steps
+                    .as_ref()
+                    .map_or(0, |s| starts + std::mem::size_of_val(&**s))
+            })
             .sum()
     }
 
@@ -619,6 +632,58 @@ unsafe fn walk_lanes<const W: usize>(g: &Group, packing: Packing, x: &[f32]) -> 
     out
 }
 
+const EMPTY_RANGES: [Range<usize>; GROUP] = [const { 0..0 }; GROUP];
+
+/// The reason lists (ranges of `g.steps`) of the leaves a walk reached. Every lane has one, so
+/// the loads are independent and overlap; padding lanes get the filler slot's empty list.
+#[inline(always)]
+fn list_ranges(g: &Group, leaves: &[u32; GROUP]) -> [Range<usize>; GROUP] {
+    std::array::from_fn(|k| {
+        let leaf = leaves[k] as usize;
+        // Bounds-checked: a leaf index is < nodes.len() and `values` has one more entry.
+        g.values[leaf].path_start as usize..g.values[leaf + 1].path_start as usize
+    })
+}
+
+/// Hints the CPU to start loading a list (its first and last cache lines; lists are ~60 bytes,
+/// so that is all of it). A hint only: never faults, changes nothing observable.
+#[inline(always)]
+fn prefetch(steps: &[PathStep], range: &Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // `wrapping_add` and `prefetch` are both fine with any address, so this is safe even if a
+        // range were out of bounds; valid ranges stay within (or one past) `steps`.
+        let first = steps.as_ptr().wrapping_add(range.start) as *const i8;
+        let last = steps.as_ptr().wrapping_add(range.end) as *const i8;
+        // SAFETY: prefetching has no memory-safety requirement (SSE is baseline on x86_64).
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(first);
+            _mm_prefetch::<_MM_HINT_T0>(last.wrapping_sub(1));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (steps, range);
+}
+
+/// Adds the lists `ranges` of `steps` into `contrib`.
+///
+/// # Safety
+///
+/// `contrib.len()` must be the `n_features` of the forest `steps` was built from: every stored
+/// feature is the split feature of a validated internal node, so `< n_features`.
+#[inline(always)]
+unsafe fn add_lists(steps: &[PathStep], ranges: &[Range<usize>], contrib: &mut [f32]) {
+    for range in ranges {
+        // Bounds-checked: one check per tree, noise next to the walk.
+        for step in &steps[range.clone()] {
+            let PathStep { feature, delta } = *step;
+            // SAFETY: `feature < n_features == contrib.len()` (function contract).
+            unsafe { *contrib.get_unchecked_mut(feature as usize) += delta };
+        }
+    }
+}
+
 /// Adds every real lane's path deltas into `contrib` by walking the group again: the value
 /// change of each step goes to the split feature of the node it leaves.
 ///
@@ -634,7 +699,7 @@ fn walk_contributions(g: &Group, packing: Packing, x: &[f32], contrib: &mut [f32
             let next = step(node, packing, x[f]);
             // From a leaf, `next == at` and this adds 0 to feature 0's slot, so leaves need no
             // special case.
-            contrib[f] += g.values[next as usize] - g.values[at];
+            contrib[f] += g.values[next as usize].value - g.values[at].value;
             *i = next;
         }
     }
@@ -645,7 +710,7 @@ fn walk_contributions(g: &Group, packing: Packing, x: &[f32], contrib: &mut [f32
 fn add_leaves(g: &Group, leaves: &[u32; GROUP], mut sum: f32) -> f32 {
     for &leaf in &leaves[..g.n_trees] {
         // Bounds-checked on purpose: `n_trees` values, negligible next to the walk.
-        sum += g.values[leaf as usize];
+        sum += g.values[leaf as usize].value;
     }
     sum
 }
@@ -685,7 +750,12 @@ fn compile_group(
         word: 0,
     });
     nodes.push(leaf(1));
-    values.extend([0.0, 0.0]);
+    values.extend(
+        [NodeValue {
+            value: 0.0,
+            path_start: 0,
+        }; 2],
+    );
     // Queue of (tree, original node index); a node's new index is FIRST + its queue position.
     let mut queue: Vec<(usize, usize)> = (0..trees.len()).map(|t| (t, 0)).collect();
     let mut head = 0;
@@ -704,7 +774,10 @@ fn compile_group(
             queue.push((t, n.left as usize));
             queue.push((t, n.right as usize));
         }
-        values.push(n.value);
+        values.push(NodeValue {
+            value: n.value,
+            path_start: 0,
+        });
         head += 1;
     }
     // A validated tree reaches each of its nodes exactly once.
@@ -718,6 +791,25 @@ fn compile_group(
         // Roots are enqueued first, in tree order.
         *root = (FIRST + t) as u32;
     }
+    let steps = match build_leaf_paths(trees, &queue, FIRST, n_features) {
+        Some(paths) => {
+            for (v, &start) in values.iter_mut().zip(&paths.start) {
+                v.path_start = start;
+            }
+            values.push(NodeValue {
+                value: 0.0,
+                path_start: paths.steps.len() as u32,
+            });
+            Some(paths.steps.into_boxed_slice())
+        }
+        None => {
+            values.push(NodeValue {
+                value: 0.0,
+                path_start: 0,
+            });
+            None
+        }
+    };
     Ok(Group {
         nodes: nodes.into_boxed_slice(),
         values: values.into_boxed_slice(),
@@ -729,7 +821,7 @@ fn compile_group(
             .unwrap_or(GROUP),
         depth: depths.iter().copied().max().unwrap_or(0),
         depths,
-        paths: build_leaf_paths(trees, &queue, FIRST, n_features),
+        steps,
     })
 }
 
@@ -770,10 +862,7 @@ fn build_leaf_paths(
         steps.extend_from_slice(&lists.steps[lists.ranges[i].clone()]);
     }
     start.push(steps.len() as u32);
-    Some(LeafPaths {
-        start: start.into_boxed_slice(),
-        steps: steps.into_boxed_slice(),
-    })
+    Some(LeafPaths { start, steps })
 }
 
 /// Per-feature state of the depth-first walk in [`tree_leaf_paths`], reused across trees.
@@ -1214,8 +1303,8 @@ mod tests {
         };
         let c = CompiledForest::compile(&f).unwrap();
         // The first group has a table, the second (caterpillar) group does not.
-        assert!(c.groups[0].paths.is_some());
-        assert!(c.groups[1].paths.is_none());
+        assert!(c.groups[0].steps.is_some());
+        assert!(c.groups[1].steps.is_none());
         let only_deep = Forest {
             n_features: 40,
             trees: vec![deep],
