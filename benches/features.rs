@@ -239,10 +239,77 @@ fn features(c: &mut Criterion) {
     bench_spec(c, "minimal_1h", Arc::new(minimal), 3_600_000);
 }
 
+/// The calibration prototype: a bare `FxHashMap<u64, VecDeque<(i64, f32)>>` count/sum/max over
+/// 1 h, on the same stream as `minimal_1h`. Measured in the same run so the engine's figures can
+/// be compared as ratios (the shared VM's load moves absolute numbers by +-30 %).
+fn bare_deque(c: &mut Criterion) {
+    use rustc_hash::FxHashMap;
+    use std::hash::BuildHasher;
+    type Deques = FxHashMap<u64, VecDeque<(i64, f32)>>;
+    const W: i64 = 3_600_000;
+    let mut group = c.benchmark_group("features/bare_deque_1h");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    for cards in [10_000usize, 1_000_000] {
+        let mut state: Option<(Stream, Deques)> = None;
+        let mut items = Vec::with_capacity(CHUNK * 2);
+        let step = |map: &mut Deques, items: &[Item]| {
+            let mut acc = 0.0f32;
+            for item in items {
+                let Item::Tx(tx) = item else { continue };
+                let key = rustc_hash::FxBuildHasher.hash_one(tx.card_id.as_str());
+                let q = map.entry(key).or_default();
+                while q.front().is_some_and(|e| e.0 <= tx.timestamp_ms - W) {
+                    q.pop_front();
+                }
+                let (mut n, mut sum, mut max) = (0u32, 0.0f64, 0.0f32);
+                for &(_, a) in q.iter() {
+                    n += 1;
+                    sum += f64::from(a);
+                    max = max.max(a);
+                }
+                acc += n as f32 + sum as f32 + max;
+                q.push_back((tx.timestamp_ms, tx.amount as f32));
+            }
+            std::hint::black_box(acc);
+        };
+        group.bench_function(BenchmarkId::from_parameter(cards), |b| {
+            let (stream, map) = state.get_or_insert_with(|| {
+                let mut stream = Stream::new(cards, W, 42);
+                let mut map = FxHashMap::default();
+                let warm = (stream.cum.last().copied().unwrap_or(0.0) * 1.3) as usize;
+                let mut done = 0;
+                while done < warm {
+                    items.clear();
+                    stream.fill(CHUNK, &mut items);
+                    step(&mut map, &items);
+                    done += CHUNK;
+                }
+                (stream, map)
+            });
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut left = iters as usize;
+                while left > 0 {
+                    let n = left.min(CHUNK);
+                    items.clear();
+                    stream.fill(n, &mut items);
+                    let start = Instant::now();
+                    step(map, &items);
+                    total += start.elapsed();
+                    left -= n;
+                }
+                total
+            })
+        });
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     // No plots: the HTML plots need system fonts the build machines lack, and add nothing here.
     config = Criterion::default().without_plots();
-    targets = features
+    targets = bare_deque, features
 }
 criterion_main!(benches);

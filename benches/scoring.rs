@@ -67,6 +67,10 @@ fn criterion_benches(c: &mut Criterion, s: &Setup) {
     g.bench_function("explain", |b| {
         b.iter(|| s.compiled.explain(black_box(next()), &mut contrib))
     });
+    let mut next = rotating(&s.probes);
+    g.bench_function("explain_by_walk", |b| {
+        b.iter(|| s.compiled.explain_by_walk(black_box(next()), &mut contrib))
+    });
     let same = &s.probes[..N_FEATURES];
     g.bench_function("compiled_same_row", |b| {
         b.iter(|| s.compiled.score(black_box(same)))
@@ -144,6 +148,18 @@ fn percentile_table(s: &Setup) {
         s.forest.n_nodes() as f64 / s.forest.trees.len() as f64,
         N_FEATURES
     );
+    println!(
+        "memory: walk {} B, reason tables {} B ({:.1} B per leaf)",
+        s.compiled.walk_bytes(),
+        s.compiled.reason_table_bytes(),
+        s.compiled.reason_table_bytes() as f64
+            / s.forest
+                .trees
+                .iter()
+                .flat_map(|t| &t.nodes)
+                .filter(|n| n.is_leaf())
+                .count() as f64
+    );
     const CALLS: usize = 200_000;
     percentiles("Instant::now overhead", CALLS, || {});
     let mut next = rotating(&s.probes);
@@ -154,6 +170,10 @@ fn percentile_table(s: &Setup) {
     let mut contrib = vec![0.0; N_FEATURES];
     percentiles("compiled explain", CALLS / 4, || {
         black_box(s.compiled.explain(black_box(next()), &mut contrib));
+    });
+    let mut next = rotating(&s.probes);
+    percentiles("explain_by_walk (old)", CALLS / 4, || {
+        black_box(s.compiled.explain_by_walk(black_box(next()), &mut contrib)).ok();
     });
     let mut next = rotating(&s.probes);
     percentiles("reference Forest::predict", CALLS / 4, || {
@@ -171,6 +191,10 @@ fn percentile_table(s: &Setup) {
     let mut next = rotating(&s.probes);
     on_cpu_mean("compiled explain", CALLS / 4, "", || {
         black_box(s.compiled.explain(black_box(next()), &mut contrib));
+    });
+    let mut next = rotating(&s.probes);
+    on_cpu_mean("explain_by_walk (old)", CALLS / 4, "", || {
+        black_box(s.compiled.explain_by_walk(black_box(next()), &mut contrib)).ok();
     });
     let mut next = rotating(&s.probes);
     on_cpu_mean("reference Forest::predict", CALLS / 10, "", || {

@@ -1,6 +1,7 @@
 //! The compiled scorer against the reference `Forest::predict` on random realistic forests:
 //! scores must be bit-identical (same summation order), including rows sitting exactly on
-//! thresholds, batch scoring must equal single-row scoring, and reason codes must add up.
+//! thresholds, batch scoring must equal single-row scoring, and reason codes must add up and
+//! equal the path re-walk they are precomputed from.
 
 #[path = "scoring_gen/mod.rs"]
 mod gen;
@@ -39,6 +40,7 @@ fn check(forest: &Forest, seed: u64, n_random: usize) {
     let rows = probe_rows(forest, seed, n_random);
     let n = rows.len() / nf;
     let mut contrib = vec![0.0; nf];
+    let mut walked = vec![0.0; nf];
     for x in rows.chunks_exact(nf) {
         let want = forest.predict(x);
         let got = c.score(x);
@@ -54,6 +56,14 @@ fn check(forest: &Forest, seed: u64, n_random: usize) {
             (total - s).abs() <= 1e-5,
             "base + contributions {total} != score {s}"
         );
+        // The precomputed per-leaf tables against re-walking the paths.
+        let s_walk = c
+            .explain_by_walk(x, &mut walked)
+            .expect("shapes match the model");
+        assert_eq!(s_walk.to_bits(), s.to_bits());
+        for (k, (a, b)) in contrib.iter().zip(&walked).enumerate() {
+            assert!((a - b).abs() <= 1e-6, "feature {k}: table {a} vs walk {b}");
+        }
     }
     let mut out = vec![0.0; n];
     let view = ArrayView2::from_shape((n, nf), &rows).expect("row-major shape");

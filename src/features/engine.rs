@@ -248,6 +248,20 @@ pub struct FeatureEngine {
     label_max_known: i64,
     next_sweep: i64,
     stats: EngineStats,
+    /// Which ids and attributes the spec reads: hashing a string costs as much as the rest of a
+    /// small spec's per-event work, so the ones nothing reads are left at 0.
+    needs: Needs,
+}
+
+/// The per-event hashes a spec actually reads (see [`FeatureEngine::keys`] and `compact`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Needs {
+    /// By [`Entity`] discriminant: the entity key (a table, or a distinct/changed attribute).
+    key: [bool; 2],
+    /// By [`Attr::index`].
+    attr: [bool; 4],
+    /// The transaction-id hash (label look-up: only with risk features).
+    tx: bool,
 }
 
 fn hash_str(s: &str) -> u64 {
@@ -764,9 +778,29 @@ impl FeatureEngine {
             };
             cfg.slots.push((col, slot));
         }
+        let mut needs = Needs::default();
+        for table in &tables {
+            needs.key[table.cfg.entity as usize] = true;
+            needs.tx |= table.tx_index.is_some();
+            for &(_, slot) in &table.cfg.slots {
+                match slot {
+                    Slot::Distinct { of, .. } => needs.attr[of.index()] = true,
+                    Slot::Prev(PrevOut::CountryChanged) => {
+                        needs.attr[Attr::Country.index()] = true;
+                    }
+                    Slot::Prev(PrevOut::MerchantChanged) => {
+                        needs.attr[Attr::Merchant.index()] = true;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        needs.key[Entity::Card as usize] |= needs.attr[Attr::Card.index()];
+        needs.key[Entity::Merchant as usize] |= needs.attr[Attr::Merchant.index()];
         FeatureEngine {
             spec,
             tables,
+            needs,
             tx_slots,
             watermark: i64::MIN,
             label_max_known: i64::MIN,
@@ -824,15 +858,27 @@ impl FeatureEngine {
             (Some(a), Some(o)) => (a as f32, o as f32),
             _ => (f32::NAN, f32::NAN),
         };
+        let need = &self.needs.attr;
         let mut attrs = [0u32; 4];
-        attrs[Attr::Card.index()] = attr_hash(keys[Entity::Card as usize]);
-        attrs[Attr::Merchant.index()] = attr_hash(keys[Entity::Merchant as usize]);
-        attrs[Attr::Country.index()] = tx.country.as_deref().map_or(0, |c| attr_hash(hash_str(c)));
+        if need[Attr::Card.index()] {
+            attrs[Attr::Card.index()] = attr_hash(keys[Entity::Card as usize]);
+        }
+        if need[Attr::Merchant.index()] {
+            attrs[Attr::Merchant.index()] = attr_hash(keys[Entity::Merchant as usize]);
+        }
+        if need[Attr::Country.index()] {
+            attrs[Attr::Country.index()] =
+                tx.country.as_deref().map_or(0, |c| attr_hash(hash_str(c)));
+        }
         attrs[Attr::Mcc.index()] = tx.mcc.map_or(0, |m| u32::from(m) + 1);
         Ev {
             ts: t,
             known_at: NO_LABEL,
-            tx: hash_str(&tx.transaction_id),
+            tx: if self.needs.tx {
+                hash_str(&tx.transaction_id)
+            } else {
+                0
+            },
             amount: tx.amount.min(AMOUNT_CAP) as f32,
             lat,
             lon,
@@ -841,10 +887,13 @@ impl FeatureEngine {
         }
     }
 
-    fn keys(tx: &Transaction) -> [u64; 2] {
+    /// Hashes of the entity ids the spec reads (0 for the others: never looked at).
+    fn keys(&self, tx: &Transaction) -> [u64; 2] {
         let mut keys = [0u64; 2];
         for e in Entity::ALL {
-            keys[e as usize] = hash_str(e.key_of(tx));
+            if self.needs.key[e as usize] {
+                keys[e as usize] = hash_str(e.key_of(tx));
+            }
         }
         keys
     }
@@ -873,7 +922,7 @@ impl FeatureEngine {
             return place.outcome;
         }
         let t = place.t;
-        let keys = Self::keys(tx);
+        let keys = self.keys(tx);
         let cur = self.compact(tx, t, &keys);
         let horizon = self.horizon_at(self.watermark);
         let retention_ms = self.spec.retention_ms();
@@ -941,7 +990,7 @@ impl FeatureEngine {
 
     fn peek_placed(&self, tx: &Transaction, place: Placement, out: &mut [f32]) {
         let t = place.t;
-        let keys = Self::keys(tx);
+        let keys = self.keys(tx);
         let cur = self.compact(tx, t, &keys);
         let watermark = self.watermark.max(t);
         let horizon = self.horizon_at(watermark);

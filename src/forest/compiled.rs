@@ -38,6 +38,19 @@
 //! changes telescope from the root value to the leaf value, so averaged over trees
 //! `base_rate + sum(contributions) == score` (up to float rounding).
 //!
+//! A tree's contribution depends only on which leaf the row reaches, so it is precomputed at
+//! compile time: every leaf stores the sum of the deltas along its root-to-leaf path, merged by
+//! feature, as a short list of `(u16 feature, f32 delta)` pairs (6 bytes each, one flat array per
+//! group plus a per-node start offset). `explain` is then the same lock-step walk as `score`
+//! followed by adding each reached leaf's list (~10 pairs at depth 12) into the output, instead
+//! of re-walking every path with a read-modify-write per level. The lists are computed in `f64`
+//! from the node values, so they are at least as accurate as the walk they replace.
+//!
+//! The tables cost memory proportional to `leaves x distinct features per path`; for
+//! pathological trees (very deep, many features) that product explodes, so a group whose table
+//! would exceed [`PATH_ENTRIES_PER_NODE`] pairs per node keeps no table and is explained by
+//! re-walking its paths ([`CompiledForest::explain_by_walk`], also the tests' oracle).
+//!
 //! # Safety
 //!
 //! The hot loops index without bounds checks. That is sound because of invariants established
@@ -45,6 +58,8 @@
 //! (all fields are private and immutable): every index reachable by the step rule is inside the
 //! group arrays, and every stored feature index is `< n_features`. Entry points check the row
 //! length against `n_features` before walking.
+
+use std::ops::Range;
 
 use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
@@ -59,6 +74,12 @@ pub const GROUP: usize = 16;
 
 /// Rows walked in lock step by [`CompiledForest::score_batch`] (which goes tree by tree).
 const BATCH_LANES: usize = 8;
+
+/// Budget for a group's precomputed reason table, in `(feature, delta)` pairs per node of the
+/// group. Realistic trees need far less (depth 12 on 36 features: ~5 pairs per node, since about
+/// half the nodes are leaves with ~10 distinct features on their path); the cap only stops
+/// degenerate deep trees from costing O(leaves x depth) memory (see the module docs).
+pub const PATH_ENTRIES_PER_NODE: usize = 16;
 
 /// One node of the packed, 8-byte layout. Leaves: `threshold` NaN and `left == self - 1`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -112,8 +133,9 @@ impl Packing {
 #[derive(Debug, Clone)]
 struct Group {
     nodes: Box<[PackedNode]>,
-    /// P(fraud) per node: leaf values give the score, internal values give reason codes.
-    values: Box<[f32]>,
+    /// Per node, its value and where its reason list starts, plus one sentinel entry at the end
+    /// so that `values[i + 1].path_start` ends every list.
+    values: Box<[NodeValue]>,
     /// Root index per lane. Lanes past `n_trees` point at a padding leaf and are not summed.
     roots: [u32; GROUP],
     /// How many real trees this group holds (`GROUP` except possibly in the last group).
@@ -124,6 +146,42 @@ struct Group {
     depth: usize,
     /// Depth of each tree (0 for padding lanes), for the tree-at-a-time batch walk.
     depths: [usize; GROUP],
+    /// Precomputed per-leaf reason lists (see [`NodeValue`]); `None` when over the size budget.
+    steps: Option<Box<[PathStep]>>,
+}
+
+/// What a walk needs from a node once it has reached it.
+///
+/// The two fields are stored together because explain needs both for every leaf reached: the
+/// value line is fetched anyway for the score, so the list bounds come with it instead of from
+/// a separate array (which measured as one more cache miss per tree, and a serializing one,
+/// since the list's loop bounds depend on it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+struct NodeValue {
+    /// P(fraud): leaf values give the score, internal values the path re-walk's reason codes.
+    value: f32,
+    /// Start of this node's list in [`Group::steps`] (lists of internal nodes are empty).
+    path_start: u32,
+}
+
+/// One precomputed reason contribution: `delta` is the sum, over the splits on `feature` along a
+/// root-to-leaf path, of the value change from the split node to its child on the path.
+///
+/// Packed to 6 bytes (from 8): the tables are read once per tree per explained row, from all
+/// over memory, so their size is what costs. Fields are only ever copied out, never borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C, packed(2))]
+struct PathStep {
+    feature: u16,
+    delta: f32,
+}
+
+/// A group's per-leaf lists as built: the list of the leaf at group node index `i` is
+/// `steps[start[i]..start[i + 1]]` (empty for internal nodes and the two filler slots).
+struct LeafPaths {
+    start: Vec<u32>,
+    steps: Vec<PathStep>,
 }
 
 /// Wrong input shape for a scoring call.
@@ -186,7 +244,7 @@ impl CompiledForest {
         let groups = forest
             .trees
             .chunks(GROUP)
-            .map(|trees| compile_group(trees, packing))
+            .map(|trees| compile_group(trees, packing, forest.n_features))
             .collect::<Result<Vec<_>, _>>()?;
         let n_trees = forest.trees.len();
         // Same summation order as the score so that explain's decomposition is anchored on
@@ -338,7 +396,7 @@ impl CompiledForest {
                         }
                     }
                     for (acc, &leaf) in out.iter_mut().zip(&idx) {
-                        *acc += g.values[leaf as usize];
+                        *acc += g.values[leaf as usize].value;
                     }
                 }
             }
@@ -369,34 +427,86 @@ impl CompiledForest {
 
     /// Checked [`explain`](Self::explain).
     pub fn try_explain(&self, x: &[f32], contrib: &mut [f32]) -> Result<f32, ScoreError> {
-        self.check_row(x)?;
-        if contrib.len() != self.n_features {
-            return Err(ScoreError::ContribLength {
-                expected: self.n_features,
-                got: contrib.len(),
-            });
+        self.check_explain_args(x, contrib)?;
+        contrib.fill(0.0);
+        let mut sum = -0.0f32;
+        // The lists of the previous tabulated group. They are added one group late: their
+        // first lines are prefetched as soon as the leaves are known, and the next group's walk
+        // runs while they arrive (the tables are several MB, so most lists are cache misses).
+        let mut pending: (&[PathStep], [Range<usize>; GROUP], usize) = (&[], EMPTY_RANGES, 0);
+        for g in &self.groups {
+            // SAFETY: `x.len() == n_features` was checked above (see `walk`).
+            let leaves = unsafe { walk(g, self.packing, x) };
+            sum = add_leaves(g, &leaves, sum);
+            match &g.steps {
+                Some(steps) => {
+                    let ranges = list_ranges(g, &leaves);
+                    for r in &ranges[..g.n_trees] {
+                        prefetch(steps, r);
+                    }
+                    let (steps_before, before, n) =
+                        std::mem::replace(&mut pending, (steps, ranges, g.n_trees));
+                    // SAFETY: `contrib.len() == n_features` was checked above.
+                    unsafe { add_lists(steps_before, &before[..n], contrib) };
+                }
+                None => walk_contributions(g, self.packing, x, contrib),
+            }
         }
+        let (steps, ranges, n) = pending;
+        // SAFETY: `contrib.len() == n_features` was checked above.
+        unsafe { add_lists(steps, &ranges[..n], contrib) };
+        let n = self.n_trees as f32;
+        contrib.iter_mut().for_each(|c| *c /= n);
+        Ok(sum / n)
+    }
+
+    /// [`try_explain`](Self::try_explain) computed the direct way: every tree's path is walked
+    /// again and each step's value change is added to its split feature, without the
+    /// precomputed per-leaf tables. Same result up to float rounding (the tables are summed in
+    /// `f64`), several times slower; it is the reference the tables are tested against and the
+    /// fallback for groups too large to tabulate.
+    pub fn explain_by_walk(&self, x: &[f32], contrib: &mut [f32]) -> Result<f32, ScoreError> {
+        self.check_explain_args(x, contrib)?;
         contrib.fill(0.0);
         let mut sum = -0.0f32;
         for g in &self.groups {
-            let mut idx = g.roots;
-            for _ in 0..g.depth {
-                for i in idx.iter_mut() {
-                    let at = *i as usize;
-                    let node = g.nodes[at];
-                    let f = self.packing.feature(node.word);
-                    let next = step(node, self.packing, x[f]);
-                    // From a leaf, `next == at` and this adds 0 to feature 0's slot, so leaves
-                    // need no special case. (Bounds-checked: explain is not the hot path.)
-                    contrib[f] += g.values[next as usize] - g.values[at];
-                    *i = next;
-                }
-            }
-            sum = add_leaves(g, &idx, sum);
+            // SAFETY: `x.len() == n_features` was checked above (see `walk`).
+            let leaves = unsafe { walk(g, self.packing, x) };
+            sum = add_leaves(g, &leaves, sum);
+            walk_contributions(g, self.packing, x, contrib);
         }
         let n = self.n_trees as f32;
         contrib.iter_mut().for_each(|c| *c /= n);
         Ok(sum / n)
+    }
+
+    /// Heap bytes of the walk itself: packed nodes, node values and per-group bookkeeping (the
+    /// `path_start` half of the node values is counted in
+    /// [`reason_table_bytes`](Self::reason_table_bytes) instead).
+    pub fn walk_bytes(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|g| {
+                std::mem::size_of::<Group>()
+                    + std::mem::size_of_val(&*g.nodes)
+                    + g.values.len() * std::mem::size_of::<f32>()
+            })
+            .sum()
+    }
+
+    /// Heap bytes of the precomputed reason tables (what fast [`explain`](Self::explain) costs
+    /// on top of [`walk_bytes`](Self::walk_bytes)).
+    pub fn reason_table_bytes(&self) -> usize {
+        self.groups
+            .iter()
+            .map(|g| {
+                // The `path_start` half of every node value exists only for the tables.
+                let starts = g.values.len() * std::mem::size_of::<u32>();
+                g.steps
+                    .as_ref()
+                    .map_or(0, |s| starts + std::mem::size_of_val(&**s))
+            })
+            .sum()
     }
 
     /// The score, the base rate and the (at most) `top` features with the largest positive
@@ -439,6 +549,17 @@ impl CompiledForest {
             base_rate: self.base_rate,
             reasons,
         })
+    }
+
+    fn check_explain_args(&self, x: &[f32], contrib: &[f32]) -> Result<(), ScoreError> {
+        self.check_row(x)?;
+        if contrib.len() != self.n_features {
+            return Err(ScoreError::ContribLength {
+                expected: self.n_features,
+                got: contrib.len(),
+            });
+        }
+        Ok(())
     }
 
     fn check_row(&self, x: &[f32]) -> Result<(), ScoreError> {
@@ -511,12 +632,85 @@ unsafe fn walk_lanes<const W: usize>(g: &Group, packing: Packing, x: &[f32]) -> 
     out
 }
 
+const EMPTY_RANGES: [Range<usize>; GROUP] = [const { 0..0 }; GROUP];
+
+/// The reason lists (ranges of `g.steps`) of the leaves a walk reached. Every lane has one, so
+/// the loads are independent and overlap; padding lanes get the filler slot's empty list.
+#[inline(always)]
+fn list_ranges(g: &Group, leaves: &[u32; GROUP]) -> [Range<usize>; GROUP] {
+    std::array::from_fn(|k| {
+        let leaf = leaves[k] as usize;
+        // Bounds-checked: a leaf index is < nodes.len() and `values` has one more entry.
+        g.values[leaf].path_start as usize..g.values[leaf + 1].path_start as usize
+    })
+}
+
+/// Hints the CPU to start loading a list (its first and last cache lines; lists are ~60 bytes,
+/// so that is all of it). A hint only: never faults, changes nothing observable.
+#[inline(always)]
+fn prefetch(steps: &[PathStep], range: &Range<usize>) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // `wrapping_add` and `prefetch` are both fine with any address, so this is safe even if a
+        // range were out of bounds; valid ranges stay within (or one past) `steps`.
+        let first = steps.as_ptr().wrapping_add(range.start) as *const i8;
+        let last = steps.as_ptr().wrapping_add(range.end) as *const i8;
+        // SAFETY: prefetching has no memory-safety requirement (SSE is baseline on x86_64).
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(first);
+            _mm_prefetch::<_MM_HINT_T0>(last.wrapping_sub(1));
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (steps, range);
+}
+
+/// Adds the lists `ranges` of `steps` into `contrib`.
+///
+/// # Safety
+///
+/// `contrib.len()` must be the `n_features` of the forest `steps` was built from: every stored
+/// feature is the split feature of a validated internal node, so `< n_features`.
+#[inline(always)]
+unsafe fn add_lists(steps: &[PathStep], ranges: &[Range<usize>], contrib: &mut [f32]) {
+    for range in ranges {
+        // Bounds-checked: one check per tree, noise next to the walk.
+        for step in &steps[range.clone()] {
+            let PathStep { feature, delta } = *step;
+            // SAFETY: `feature < n_features == contrib.len()` (function contract).
+            unsafe { *contrib.get_unchecked_mut(feature as usize) += delta };
+        }
+    }
+}
+
+/// Adds every real lane's path deltas into `contrib` by walking the group again: the value
+/// change of each step goes to the split feature of the node it leaves.
+///
+/// `x` and `contrib` must both have `n_features` values (checked by the callers; indexing here
+/// is bounds-checked anyway: this is the slow path).
+fn walk_contributions(g: &Group, packing: Packing, x: &[f32], contrib: &mut [f32]) {
+    let mut idx = g.roots;
+    for _ in 0..g.depth {
+        for i in idx.iter_mut().take(g.n_trees) {
+            let at = *i as usize;
+            let node = g.nodes[at];
+            let f = packing.feature(node.word);
+            let next = step(node, packing, x[f]);
+            // From a leaf, `next == at` and this adds 0 to feature 0's slot, so leaves need no
+            // special case.
+            contrib[f] += g.values[next as usize].value - g.values[at].value;
+            *i = next;
+        }
+    }
+}
+
 /// Adds the real lanes' leaf values to `sum` in tree order (same order as `Forest::predict`).
 #[inline(always)]
 fn add_leaves(g: &Group, leaves: &[u32; GROUP], mut sum: f32) -> f32 {
     for &leaf in &leaves[..g.n_trees] {
         // Bounds-checked on purpose: `n_trees` values, negligible next to the walk.
-        sum += g.values[leaf as usize];
+        sum += g.values[leaf as usize].value;
     }
     sum
 }
@@ -528,7 +722,11 @@ fn add_leaves(g: &Group, leaves: &[u32; GROUP], mut sum: f32) -> f32 {
 /// the group's trees contiguous. Two slots come first: slot 0 is a filler that is never reached
 /// (it only exists so that every leaf's `self - 1` is a valid index without wrapping), slot 1 is
 /// the padding leaf that unused lanes of a partial group spin on.
-fn compile_group(trees: &[Tree], packing: Packing) -> Result<Group, ForestError> {
+fn compile_group(
+    trees: &[Tree],
+    packing: Packing,
+    n_features: usize,
+) -> Result<Group, ForestError> {
     const FIRST: usize = 2;
     let total: usize = FIRST + trees.iter().map(|t| t.nodes.len()).sum::<usize>();
     // Every stored child index is < total; leaves store self - 1, internal nodes left < total.
@@ -552,7 +750,12 @@ fn compile_group(trees: &[Tree], packing: Packing) -> Result<Group, ForestError>
         word: 0,
     });
     nodes.push(leaf(1));
-    values.extend([0.0, 0.0]);
+    values.extend(
+        [NodeValue {
+            value: 0.0,
+            path_start: 0,
+        }; 2],
+    );
     // Queue of (tree, original node index); a node's new index is FIRST + its queue position.
     let mut queue: Vec<(usize, usize)> = (0..trees.len()).map(|t| (t, 0)).collect();
     let mut head = 0;
@@ -571,7 +774,10 @@ fn compile_group(trees: &[Tree], packing: Packing) -> Result<Group, ForestError>
             queue.push((t, n.left as usize));
             queue.push((t, n.right as usize));
         }
-        values.push(n.value);
+        values.push(NodeValue {
+            value: n.value,
+            path_start: 0,
+        });
         head += 1;
     }
     // A validated tree reaches each of its nodes exactly once.
@@ -585,6 +791,25 @@ fn compile_group(trees: &[Tree], packing: Packing) -> Result<Group, ForestError>
         // Roots are enqueued first, in tree order.
         *root = (FIRST + t) as u32;
     }
+    let steps = match build_leaf_paths(trees, &queue, FIRST, n_features) {
+        Some(paths) => {
+            for (v, &start) in values.iter_mut().zip(&paths.start) {
+                v.path_start = start;
+            }
+            values.push(NodeValue {
+                value: 0.0,
+                path_start: paths.steps.len() as u32,
+            });
+            Some(paths.steps.into_boxed_slice())
+        }
+        None => {
+            values.push(NodeValue {
+                value: 0.0,
+                path_start: 0,
+            });
+            None
+        }
+    };
     Ok(Group {
         nodes: nodes.into_boxed_slice(),
         values: values.into_boxed_slice(),
@@ -596,7 +821,161 @@ fn compile_group(trees: &[Tree], packing: Packing) -> Result<Group, ForestError>
             .unwrap_or(GROUP),
         depth: depths.iter().copied().max().unwrap_or(0),
         depths,
+        steps,
     })
+}
+
+/// The reason table of a group laid out by [`compile_group`]: `order[k]` is the
+/// `(tree, original node)` placed at group index `first + k`. `None` when the table would exceed
+/// [`PATH_ENTRIES_PER_NODE`] pairs per node (then explain re-walks this group's paths).
+fn build_leaf_paths(
+    trees: &[Tree],
+    order: &[(usize, usize)],
+    first: usize,
+    n_features: usize,
+) -> Option<LeafPaths> {
+    let total = first + order.len();
+    // Also keeps every offset within u32.
+    let budget = PATH_ENTRIES_PER_NODE
+        .saturating_mul(total)
+        .min(u32::MAX as usize);
+    let mut scratch = PathScratch {
+        acc: vec![0.0; n_features],
+        on_path: vec![false; n_features],
+        distinct: Vec::new(),
+    };
+    let mut per_tree = Vec::with_capacity(trees.len());
+    let mut used = 0;
+    for tree in trees {
+        let lists = tree_leaf_paths(tree, &mut scratch, budget - used)?;
+        used += lists.steps.len();
+        per_tree.push(lists);
+    }
+    // Re-concatenate in group node order, so one start array serves both ends of every range.
+    let mut start = Vec::with_capacity(total + 1);
+    let mut steps = Vec::with_capacity(used);
+    start.resize(first, 0);
+    for &(t, i) in order {
+        // `steps.len() <= used <= budget <= u32::MAX`.
+        start.push(steps.len() as u32);
+        let lists = &per_tree[t];
+        steps.extend_from_slice(&lists.steps[lists.ranges[i].clone()]);
+    }
+    start.push(steps.len() as u32);
+    Some(LeafPaths { start, steps })
+}
+
+/// Per-feature state of the depth-first walk in [`tree_leaf_paths`], reused across trees.
+struct PathScratch {
+    /// Sum of the deltas attributed to each feature on the current root-to-node path.
+    acc: Vec<f64>,
+    /// Whether the feature splits somewhere on the current path.
+    on_path: Vec<bool>,
+    /// The features with `on_path`, in first-split order (a stack: the last one to appear on
+    /// the path is the first to leave it), so a leaf lists them without scanning all features.
+    distinct: Vec<u16>,
+}
+
+/// One tree's per-leaf lists, indexed by the tree's own node indices (empty for internal nodes).
+struct TreePaths {
+    steps: Vec<PathStep>,
+    ranges: Vec<std::ops::Range<usize>>,
+}
+
+/// Depth-first over one validated tree, keeping the per-feature path sums up to date on the way
+/// down and restoring them exactly (saved values, no subtraction) on the way up; every leaf
+/// copies out its nonzero sums. Time is O(nodes + output). `None` once the output would exceed
+/// `budget` pairs. Iterative, since model trees can be deeper than the call stack allows.
+fn tree_leaf_paths(tree: &Tree, scratch: &mut PathScratch, budget: usize) -> Option<TreePaths> {
+    enum Visit {
+        /// Enter `node`, coming from its parent `from` (None for the root).
+        Enter { node: usize, from: Option<usize> },
+        /// Leaving the subtree below a split on `feature`: restore its sum.
+        Leave {
+            feature: usize,
+            saved: f64,
+            first: bool,
+        },
+    }
+    let PathScratch {
+        acc,
+        on_path,
+        distinct,
+    } = scratch;
+    let nodes = &tree.nodes;
+    let mut out = TreePaths {
+        steps: Vec::new(),
+        ranges: vec![0..0; nodes.len()],
+    };
+    let mut stack = vec![Visit::Enter {
+        node: 0,
+        from: None,
+    }];
+    while let Some(visit) = stack.pop() {
+        match visit {
+            Visit::Leave {
+                feature,
+                saved,
+                first,
+            } => {
+                acc[feature] = saved;
+                if first {
+                    on_path[feature] = false;
+                    distinct.pop();
+                }
+            }
+            Visit::Enter { node, from } => {
+                if let Some(parent) = from {
+                    // Validated: an internal node's feature is < n_features <= 65536.
+                    let feature = nodes[parent].feature as usize;
+                    let first = !on_path[feature];
+                    stack.push(Visit::Leave {
+                        feature,
+                        saved: acc[feature],
+                        first,
+                    });
+                    if first {
+                        on_path[feature] = true;
+                        distinct.push(feature as u16);
+                    }
+                    acc[feature] += f64::from(nodes[node].value) - f64::from(nodes[parent].value);
+                }
+                let n = nodes[node];
+                if n.is_leaf() {
+                    let begin = out.steps.len();
+                    out.steps.extend(
+                        distinct
+                            .iter()
+                            .map(|&f| PathStep {
+                                feature: f,
+                                delta: acc[f as usize] as f32,
+                            })
+                            // A zero sum adds nothing; most are nonzero, but skip them anyway.
+                            .filter(|s| s.delta != 0.0),
+                    );
+                    if out.steps.len() > budget {
+                        // Leave the scratch clean for the caller's next attempt (none today,
+                        // but the invariant is cheap to keep).
+                        acc.fill(0.0);
+                        on_path.fill(false);
+                        distinct.clear();
+                        return None;
+                    }
+                    out.ranges[node] = begin..out.steps.len();
+                } else {
+                    stack.push(Visit::Enter {
+                        node: n.right as usize,
+                        from: Some(node),
+                    });
+                    stack.push(Visit::Enter {
+                        node: n.left as usize,
+                        from: Some(node),
+                    });
+                }
+            }
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -859,6 +1238,94 @@ mod tests {
         c.explain(&[-1.0, 0.0], &mut contrib);
         assert!((contrib[0] - 0.3 / 3.0).abs() < 1e-6);
         assert!((contrib[1] + 0.3 / 3.0).abs() < 1e-6);
+    }
+
+    /// `explain` (tables) against `explain_by_walk` (path re-walk) on every probe row.
+    fn assert_tables_match_walk(c: &CompiledForest, rows: &[Vec<f32>]) {
+        let nf = c.n_features();
+        let (mut fast, mut slow) = (vec![0.0; nf], vec![0.0; nf]);
+        for x in rows {
+            let s = c.explain(x, &mut fast);
+            let s_walk = c.explain_by_walk(x, &mut slow).unwrap();
+            assert_eq!(s.to_bits(), s_walk.to_bits());
+            assert_eq!(s.to_bits(), c.score(x).to_bits());
+            for (k, (a, b)) in fast.iter().zip(&slow).enumerate() {
+                assert!((a - b).abs() <= 1e-6, "feature {k}: {a} vs {b}, x = {x:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn leaf_tables_equal_path_walk() {
+        let f = forest(vec![
+            two_level(),
+            stump(1, 5.0, 0.2, 0.4),
+            stump(0, 0.0, 1.0, 0.0),
+            // Feature 0 twice on one path: its deltas must be merged into one entry.
+            Tree {
+                nodes: vec![
+                    split(0, 1.0, 1, 2, 0.5),
+                    split(0, -1.0, 3, 4, 0.2),
+                    Node::leaf(0.9, 1.0),
+                    Node::leaf(0.05, 1.0),
+                    Node::leaf(0.3, 1.0),
+                ],
+            },
+        ]);
+        let c = CompiledForest::compile(&f).unwrap();
+        assert!(c.reason_table_bytes() > 0);
+        let rows: Vec<Vec<f32>> = [-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, f32::NAN]
+            .iter()
+            .flat_map(|&a| [0.0, 5.0, 6.0].map(|b| vec![a, b]))
+            .collect();
+        assert_tables_match_walk(&c, &rows);
+        // The merged entry for tree 3 at x0 = 0: 0.5 -> 0.2 -> 0.3, i.e. -0.2 on feature 0.
+        let mut contrib = [0.0; 2];
+        let single = CompiledForest::compile(&forest(vec![f.trees[3].clone()])).unwrap();
+        single.explain(&[0.0, 0.0], &mut contrib);
+        assert!((contrib[0] + 0.2).abs() < 1e-7, "{contrib:?}");
+        assert_eq!(contrib[1], 0.0);
+    }
+
+    #[test]
+    fn oversized_group_falls_back_to_walking_its_paths() {
+        // Caterpillar with internal values varying along the path: leaf k has min(k, 40)
+        // nonzero entries, ~22k in all against a budget of 16 x ~1.2k nodes.
+        let mut deep = caterpillar(600, 40);
+        for (k, n) in deep.nodes.iter_mut().filter(|n| !n.is_leaf()).enumerate() {
+            n.value = (k % 5) as f32 / 5.0;
+        }
+        let mut trees = vec![two_level(); GROUP];
+        trees.push(deep.clone());
+        let f = Forest {
+            n_features: 40,
+            trees,
+        };
+        let c = CompiledForest::compile(&f).unwrap();
+        // The first group has a table, the second (caterpillar) group does not.
+        assert!(c.groups[0].steps.is_some());
+        assert!(c.groups[1].steps.is_none());
+        let only_deep = Forest {
+            n_features: 40,
+            trees: vec![deep],
+        };
+        assert_eq!(
+            CompiledForest::compile(&only_deep)
+                .unwrap()
+                .reason_table_bytes(),
+            0
+        );
+        let rows: Vec<Vec<f32>> = [-1.0, 0.5, 37.5, 250.0, 599.5, 1000.0]
+            .iter()
+            .map(|&v| (0..40).map(|k| v + k as f32 * 0.25).collect())
+            .collect();
+        assert_tables_match_walk(&c, &rows);
+        let mut contrib = vec![0.0; 40];
+        for x in &rows {
+            let s = c.explain(x, &mut contrib);
+            let total = c.base_rate() + contrib.iter().sum::<f32>();
+            assert!((total - s).abs() < 1e-5, "{total} vs {s}");
+        }
     }
 
     #[test]
