@@ -708,23 +708,13 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         (0usize, 0u64, 0u64, 0u64, 0u64);
     let started = Instant::now();
     // Labels are fed back as they would arrive online: when they become known.
-    let default_latency = model.spec.label_latency_ms();
-    let mut pending: std::collections::BinaryHeap<std::cmp::Reverse<(i64, usize)>> =
-        std::collections::BinaryHeap::new();
+    let mut labels = vigil::features::LabelSchedule::new(model.spec.label_latency_ms());
     let mut out = std::io::stdout().lock();
-    for (i, tx) in history.transactions.iter().enumerate() {
-        while let Some(std::cmp::Reverse((known, j))) = pending.peek().copied() {
-            if known > tx.timestamp_ms {
-                break;
-            }
-            pending.pop();
-            if let Some(l) = history.transactions[j].label_event(default_latency) {
-                scorer.observe_label(&l);
-            }
+    for tx in &history.transactions {
+        for label in labels.due(tx.timestamp_ms) {
+            scorer.observe_label(&label);
         }
-        if let Some(l) = tx.label_event(default_latency) {
-            pending.push(std::cmp::Reverse((l.known_at_ms, i)));
-        }
+        labels.push(tx);
         let (v, _) = scorer.score(tx);
         let fraud = tx.label == Some(true);
         frauds += fraud as u64;
@@ -754,6 +744,13 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
                 reasons.join(", ")
             )?;
         }
+    }
+    if !model.header.training.train_to.is_empty() {
+        writeln!(
+            out,
+            "\nnote: rows before {} were this model's training data; later ones are unseen",
+            model.header.training.train_to
+        )?;
     }
     let secs = started.elapsed().as_secs_f64().max(1e-9);
     let n = history.transactions.len() as f64;
