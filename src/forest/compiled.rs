@@ -439,6 +439,8 @@ impl CompiledForest {
         // The lists of the previous tabulated group. They are added one group late: their
         // first lines are prefetched as soon as the leaves are known, and the next group's walk
         // runs while they arrive (the tables are several MB, so most lists are cache misses).
+        // Measured on the bench model: without the prefetch, explain p50 went from ~5 us to
+        // ~16 us (slower than the path re-walk), as each list's miss then stalls its loop.
         let mut pending: (&[PathStep], [Range<usize>; GROUP], usize) = (&[], EMPTY_RANGES, 0);
         for g in &self.groups {
             // SAFETY: `x.len() == n_features` was checked above (see `walk`).
