@@ -60,7 +60,8 @@
 //! **Hashing.** Entity ids and transaction ids are hashed once to 64 bits (FxHash); distinct
 //! counts compare 32-bit hashes of the values. A collision (~1e-9 for a million ids; ~1e-7 among
 //! the tens of values in one window) would merge two entities or values; the cost of carrying
-//! strings instead is not worth that risk for a fraud score.
+//! strings instead is not worth that risk for a fraud score. Only the ids and attributes the
+//! spec reads are hashed (the transaction id only when there are risk features).
 
 mod engine;
 mod spec;
