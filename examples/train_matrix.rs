@@ -139,23 +139,12 @@ fn read_labels(path: &Path) -> Result<Vec<bool>> {
     Ok(npy.data.iter().map(|&b| b != 0).collect())
 }
 
-/// Rank-based AUC (Mann-Whitney U), ties counted half.
+/// AUC ROC from the library's evaluation (checked against scikit-learn in `src/eval`).
 fn auc(scores: &[f32], labels: &[bool]) -> f64 {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let (mut rank_sum, mut i) = (0.0, 0);
-    while i < order.len() {
-        let mut j = i;
-        while j < order.len() && scores[order[j]] == scores[order[i]] {
-            j += 1;
-        }
-        let mid_rank = (i + j + 1) as f64 / 2.0;
-        rank_sum += mid_rank * order[i..j].iter().filter(|&&k| labels[k]).count() as f64;
-        i = j;
-    }
-    let pos = labels.iter().filter(|&&l| l).count() as f64;
-    let neg = labels.len() as f64 - pos;
-    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+    vigil::eval::auc_roc(scores, labels)
+        .ok()
+        .flatten()
+        .unwrap_or(f64::NAN)
 }
 
 /// User + system CPU time of this process (all threads), from `/proc/self/stat` on Linux.

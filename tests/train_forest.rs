@@ -41,23 +41,12 @@ fn fit(p: RandomForestParams, x: &Array2<f32>, y: &[bool]) -> Forest {
     fit_forest(&p, x.view(), y, &|_| {}).expect("training succeeds")
 }
 
-/// Rank-based AUC (Mann-Whitney U) with ties counted half.
+/// AUC ROC from the library's evaluation (checked against scikit-learn in `src/eval`).
 fn auc(scores: &[f32], labels: &[bool]) -> f64 {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    let (mut rank_sum, mut i) = (0.0, 0);
-    while i < order.len() {
-        let mut j = i;
-        while j < order.len() && scores[order[j]] == scores[order[i]] {
-            j += 1;
-        }
-        let mid_rank = (i + j + 1) as f64 / 2.0;
-        rank_sum += mid_rank * order[i..j].iter().filter(|&&k| labels[k]).count() as f64;
-        i = j;
-    }
-    let pos = labels.iter().filter(|&&l| l).count() as f64;
-    let neg = labels.len() as f64 - pos;
-    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+    vigil::eval::auc_roc(scores, labels)
+        .ok()
+        .flatten()
+        .unwrap_or(f64::NAN)
 }
 
 fn scores(forest: &Forest, x: &Array2<f32>) -> Vec<f32> {
