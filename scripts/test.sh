@@ -17,8 +17,13 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
-step "cargo test (release: the statistical and equivalence tests replay real history)"
-cargo test --release --locked
-
-step "benchmarks compile and run once each (no timing asserted)"
+step "benchmarks compile (timings are measured by hand, see BENCHMARKS.md)"
 cargo bench --locked --no-run
+
+step "cargo test (release: the equivalence and statistical tests replay real histories)"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --locked 2>&1 | tee "$log"
+# One closing line summing every test binary's "test result" line.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "\ntests: %d passed, %d failed\n", p, f }' "$log"
