@@ -17,6 +17,9 @@
 //! - [`generate`]: the seeded synthetic history generator.
 //! - [`scorer`]: in-process scoring of one transaction: features, score, decision, reasons.
 //! - [`pipeline`]: the glue the CLI calls: history -> feature matrix -> train / evaluate.
+//! - [`partition`]: Kafka's default partition function (which partition owns a card's state).
+//! - [`service`]: the scoring core a serving process shares between its Kafka and gRPC front
+//!   ends: per-partition state, hot-swappable model, alert fan-out (no I/O).
 
 pub mod decision;
 pub mod eval;
@@ -24,6 +27,8 @@ pub mod features;
 pub mod forest;
 pub mod generate;
 pub mod model;
+pub mod partition;
 pub mod pipeline;
 pub mod record;
 pub mod scorer;
+pub mod service;

@@ -37,6 +37,17 @@ pub struct Verdict {
     pub model_version: String,
 }
 
+/// A model that cannot replace the serving one without rebuilding window state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the new model reads different features (spec fingerprint {offered}) than the serving one \
+     ({serving}); window state cannot carry over, so it needs a restart, not a reload"
+)]
+pub struct SpecMismatch {
+    pub serving: String,
+    pub offered: String,
+}
+
 /// How many reason codes a verdict carries by default.
 pub const DEFAULT_REASONS: usize = 3;
 
@@ -69,6 +80,24 @@ impl Scorer {
         &self.model
     }
 
+    /// Switches to another model that reads the same features (same spec fingerprint), keeping
+    /// the window state: a hot reload. A model with a different spec needs different state and is
+    /// refused; the current model stays.
+    pub fn set_model(&mut self, model: Arc<Model>) -> Result<(), SpecMismatch> {
+        let (have, want) = (
+            &self.model.header.feature_fingerprint,
+            &model.header.feature_fingerprint,
+        );
+        if have != want {
+            return Err(SpecMismatch {
+                serving: have.clone(),
+                offered: want.clone(),
+            });
+        }
+        self.model = model;
+        Ok(())
+    }
+
     pub fn engine(&self) -> &FeatureEngine {
         &self.engine
     }
@@ -77,6 +106,12 @@ impl Scorer {
     pub fn score(&mut self, tx: &Transaction) -> (Verdict, EventOutcome) {
         let outcome = self.engine.process(tx, &mut self.row);
         (self.verdict(tx), outcome)
+    }
+
+    /// Adds `tx` to the window state without scoring it (rebuilding state from history that was
+    /// already scored).
+    pub fn warm(&mut self, tx: &Transaction) -> EventOutcome {
+        self.engine.process(tx, &mut self.row)
     }
 
     /// Scores `tx` from the current state without changing it (dry run).

@@ -135,13 +135,18 @@ impl LabelSchedule {
     /// Queues the label `tx` carries, if any.
     pub fn push(&mut self, tx: &Transaction) {
         if let Some(label) = tx.label_event(self.default_latency_ms) {
-            self.pending.push(Reverse(Pending {
-                known_at_ms: label.known_at_ms,
-                seq: self.pushed,
-                label,
-            }));
-            self.pushed += 1;
+            self.push_label(label);
         }
+    }
+
+    /// Queues a label that arrived on its own (the live labels feed).
+    pub fn push_label(&mut self, label: LabelEvent) {
+        self.pending.push(Reverse(Pending {
+            known_at_ms: label.known_at_ms,
+            seq: self.pushed,
+            label,
+        }));
+        self.pushed += 1;
     }
 
     /// Removes and yields the labels known at or before `now_ms`, in `known_at` order (ties in

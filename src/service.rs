@@ -1,0 +1,310 @@
+//! The scoring core one `vigil serve` process shares between its front ends (the Kafka consumer
+//! and the gRPC API): the serving model (hot-swappable), window state per partition of the
+//! `transactions` topic, pending labels, and the live alert fan-out.
+//!
+//! # Why state is per partition
+//!
+//! Kafka assigns partitions, not cards, to the processes of a consumer group. Keeping one
+//! [`Scorer`] (feature engine) per partition means state follows its partition on a rebalance,
+//! and rebuilding it after a restart is a replay of that one partition in offset order, which is
+//! deterministic: verdicts after a restart equal those of a process that never stopped. Card
+//! windows are exact (the card is the record key, so all of a card's transactions are in one
+//! partition); merchant windows see the merchant's transactions within the partition (see
+//! [`crate::partition`] for how training reproduces that split).
+//!
+//! The gRPC path routes a transaction to its card's partition with the producers' partition
+//! function ([`ScoringCore::partition_of`]), so a card scored over gRPC and later seen on Kafka
+//! lands in the same state, and the engine's transaction-id de-duplication keeps it from being
+//! counted twice.
+//!
+//! # Concurrency
+//!
+//! Each partition's state sits behind its own `std::sync::Mutex`, held for one transaction at a
+//! time (a few microseconds, never across an await or I/O), so the Kafka loop and concurrent gRPC
+//! calls interleave per transaction. The model is an `Arc` swapped under an `RwLock` and picked
+//! up by each partition before its next transaction: a transaction is scored entirely by one
+//! model, and the verdict names it.
+//!
+//! Alerts (every non-approve verdict, from either path) go to a bounded
+//! `tokio::sync::broadcast` channel: a subscriber that falls behind loses the oldest alerts and
+//! is told how many (`RecvError::Lagged(n)`); publishing never waits, so no subscriber can slow
+//! scoring down.
+//!
+//! This module does no I/O and knows nothing of Kafka or protobuf.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use tokio::sync::broadcast;
+
+use crate::decision::Decision;
+use crate::features::{EngineStats, EventOutcome, LabelSchedule};
+use crate::model::Model;
+use crate::partition::partition_for;
+use crate::record::{LabelEvent, Transaction};
+use crate::scorer::{Scorer, SpecMismatch, Verdict};
+
+/// Default capacity of the alert fan-out, in alerts per subscriber.
+pub const DEFAULT_ALERT_BUFFER: usize = 4096;
+
+/// A verdict and how the feature engine placed its transaction.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub verdict: Verdict,
+    pub outcome: EventOutcome,
+}
+
+/// Window state and pending labels of one partition.
+struct Shard {
+    scorer: Scorer,
+    /// The model generation `scorer` uses.
+    generation: u64,
+    /// Labels wait here until the partition's event time reaches their `known_at`, exactly as
+    /// [`crate::features::replay`] delivers them offline; a label received after that is applied
+    /// before the next transaction.
+    labels: LabelSchedule,
+}
+
+/// The shared scoring core of a serving process. See the module docs.
+pub struct ScoringCore {
+    model: RwLock<Arc<Model>>,
+    generation: AtomicU64,
+    shards: Box<[Mutex<Shard>]>,
+    alerts: broadcast::Sender<Arc<Verdict>>,
+}
+
+impl ScoringCore {
+    /// A core serving `model`, with fresh state for `partitions` partitions (at least 1) and an
+    /// alert fan-out of `alert_buffer` alerts per subscriber.
+    pub fn new(model: Arc<Model>, partitions: u32, alert_buffer: usize) -> ScoringCore {
+        let partitions = partitions.max(1);
+        let shards = (0..partitions)
+            .map(|_| Mutex::new(Self::fresh_shard(&model, 0)))
+            .collect();
+        let (alerts, _) = broadcast::channel(alert_buffer.max(1));
+        ScoringCore {
+            model: RwLock::new(model),
+            generation: AtomicU64::new(0),
+            shards,
+            alerts,
+        }
+    }
+
+    fn fresh_shard(model: &Arc<Model>, generation: u64) -> Shard {
+        Shard {
+            scorer: Scorer::new(Arc::clone(model)),
+            generation,
+            labels: LabelSchedule::new(model.spec.label_latency_ms()),
+        }
+    }
+
+    /// Number of partitions this core keeps state for.
+    pub fn partitions(&self) -> u32 {
+        self.shards.len() as u32
+    }
+
+    /// The partition a card's transactions belong to (Kafka's default partitioner on the card
+    /// id; see [`crate::partition`]).
+    pub fn partition_of(&self, card_id: &str) -> u32 {
+        partition_for(card_id.as_bytes(), self.partitions())
+    }
+
+    /// The model serving now.
+    pub fn model(&self) -> Arc<Model> {
+        Arc::clone(&self.model.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Replaces the serving model. The new model must read the same features (the window state
+    /// carries over); otherwise it is refused and the current model keeps serving. Transactions
+    /// already being scored finish on the old model. Returns the model it replaced.
+    pub fn replace_model(&self, model: Arc<Model>) -> Result<Arc<Model>, SpecMismatch> {
+        let mut current = self.model.write().unwrap_or_else(|e| e.into_inner());
+        if current.header.feature_fingerprint != model.header.feature_fingerprint {
+            return Err(SpecMismatch {
+                serving: current.header.feature_fingerprint.clone(),
+                offered: model.header.feature_fingerprint.clone(),
+            });
+        }
+        let old = std::mem::replace(&mut *current, model);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        Ok(old)
+    }
+
+    /// Locks a partition's state, bringing it to the current model first.
+    fn shard(&self, partition: u32) -> MutexGuard<'_, Shard> {
+        let i = (partition as usize).min(self.shards.len() - 1);
+        // A panic while holding the lock cannot leave a shard half-updated in a way that matters
+        // more than stopping would, so a poisoned lock is used as is.
+        let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+        let generation = self.generation.load(Ordering::Acquire);
+        if shard.generation != generation {
+            let model = self.model();
+            // Same fingerprint by construction (`replace_model` checks it).
+            if shard.scorer.set_model(model).is_ok() {
+                shard.generation = generation;
+            }
+        }
+        shard
+    }
+
+    /// Scores `tx` in its card's partition and adds it to that state (authorization-time
+    /// scoring, the gRPC path). Non-approve verdicts are published to the alert stream.
+    pub fn score(&self, tx: &Transaction) -> Scored {
+        self.score_in(self.partition_of(&tx.card_id), tx)
+    }
+
+    /// Scores `tx` in `partition` (the Kafka path: the partition the record was read from) and
+    /// adds it to that state. Non-approve verdicts are published to the alert stream.
+    pub fn score_in(&self, partition: u32, tx: &Transaction) -> Scored {
+        let scored = {
+            let mut shard = self.shard(partition);
+            let Shard { scorer, labels, .. } = &mut *shard;
+            for label in labels.due(tx.timestamp_ms) {
+                scorer.observe_label(&label);
+            }
+            let (verdict, outcome) = scorer.score(tx);
+            Scored { verdict, outcome }
+        };
+        if scored.verdict.decision != Decision::Approve {
+            self.publish_alert(Arc::new(scored.verdict.clone()));
+        }
+        scored
+    }
+
+    /// Scores `tx` from its card's current state without changing anything (`dry_run`). Dry
+    /// runs publish no alerts.
+    pub fn peek(&self, tx: &Transaction) -> Verdict {
+        let mut shard = self.shard(self.partition_of(&tx.card_id));
+        shard.scorer.peek(tx)
+    }
+
+    /// Adds `tx` to `partition`'s state without scoring it or publishing anything: rebuilding
+    /// state from already-scored history after a restart or a rebalance.
+    pub fn warm_in(&self, partition: u32, tx: &Transaction) -> EventOutcome {
+        let mut shard = self.shard(partition);
+        let Shard { scorer, labels, .. } = &mut *shard;
+        for label in labels.due(tx.timestamp_ms) {
+            scorer.observe_label(&label);
+        }
+        scorer.warm(tx)
+    }
+
+    /// Queues a label for every partition (the one holding its transaction applies it when its
+    /// event time reaches the label's `known_at`; the others ignore it).
+    pub fn observe_label(&self, label: &LabelEvent) {
+        for p in 0..self.partitions() {
+            self.shard(p).labels.push_label(label.clone());
+        }
+    }
+
+    /// Drops a partition's state (its window state and pending labels): before rebuilding it
+    /// from the topic, or when the partition is revoked.
+    pub fn reset_partition(&self, partition: u32) {
+        let model = self.model();
+        let generation = self.generation.load(Ordering::Acquire);
+        let i = (partition as usize).min(self.shards.len() - 1);
+        let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
+        *shard = Self::fresh_shard(&model, generation);
+    }
+
+    /// Engine counters of one partition.
+    pub fn stats(&self, partition: u32) -> EngineStats {
+        self.shard(partition).scorer.engine().stats()
+    }
+
+    /// A new subscriber to the alert stream (every non-approve verdict from now on).
+    pub fn subscribe_alerts(&self) -> broadcast::Receiver<Arc<Verdict>> {
+        self.alerts.subscribe()
+    }
+
+    /// Publishes an alert to the current subscribers; never blocks (a lagging subscriber loses
+    /// its oldest alerts and is told how many).
+    pub fn publish_alert(&self, verdict: Arc<Verdict>) {
+        // An error only means there is no subscriber right now.
+        let _ = self.alerts.send(verdict);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn model() -> Arc<Model> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.vgm");
+        Arc::new(crate::model::load(&path, None).expect("shipped model loads"))
+    }
+
+    fn tx(id: &str, card: &str, ts: i64, amount: f64) -> Transaction {
+        Transaction {
+            transaction_id: id.into(),
+            timestamp_ms: ts,
+            card_id: card.into(),
+            merchant_id: "m1".into(),
+            amount,
+            label: None,
+            label_time_ms: None,
+            currency: None,
+            mcc: None,
+            country: None,
+            channel: None,
+            lat: None,
+            lon: None,
+        }
+    }
+
+    #[test]
+    fn routes_cards_to_their_partition_and_keeps_state_there() {
+        let core = ScoringCore::new(model(), 4, 16);
+        let t0 = 1_600_000_000_000;
+        let p = core.partition_of("card-a");
+        core.score(&tx("t1", "card-a", t0, 10.0));
+        assert_eq!(core.stats(p).events_in_order, 1);
+        for other in (0..4).filter(|&q| q != p) {
+            assert_eq!(core.stats(other).events_in_order, 0);
+        }
+        // A dry run changes nothing.
+        core.peek(&tx("t2", "card-a", t0 + 1000, 10.0));
+        assert_eq!(core.stats(p).events_in_order, 1);
+        core.reset_partition(p);
+        assert_eq!(core.stats(p).events_in_order, 0);
+    }
+
+    #[test]
+    fn replacing_the_model_names_the_new_one_in_verdicts() {
+        let m = model();
+        let core = ScoringCore::new(Arc::clone(&m), 1, 16);
+        let mut renamed = (*m).clone();
+        renamed.header.version = "v2".into();
+        let old = core
+            .replace_model(Arc::new(renamed))
+            .expect("same spec is accepted");
+        assert_eq!(old.header.version, m.header.version);
+        let v = core.score(&tx("t1", "c", 1_600_000_000_000, 5.0)).verdict;
+        assert_eq!(v.model_version, "v2");
+
+        let mut other_spec = (*m).clone();
+        other_spec.header.feature_fingerprint = "different".into();
+        assert!(core.replace_model(Arc::new(other_spec)).is_err());
+        assert_eq!(core.model().header.version, "v2");
+    }
+
+    #[test]
+    fn alerts_reach_subscribers_and_lagging_ones_are_told() {
+        let core = ScoringCore::new(model(), 1, 2);
+        let mut rx = core.subscribe_alerts();
+        let v = core.score(&tx("t1", "c", 1_600_000_000_000, 5.0)).verdict;
+        for i in 0..3 {
+            let mut alert = v.clone();
+            alert.transaction_id = format!("a{i}");
+            core.publish_alert(Arc::new(alert));
+        }
+        match rx.try_recv() {
+            Err(broadcast::error::TryRecvError::Lagged(n)) => assert!(n >= 1),
+            other => panic!("expected a lag notice, got {other:?}"),
+        }
+        // The buffer keeps the newest two.
+        assert_eq!(rx.try_recv().expect("kept").transaction_id, "a1");
+        assert_eq!(rx.try_recv().expect("kept").transaction_id, "a2");
+    }
+}
