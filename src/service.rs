@@ -51,7 +51,20 @@ pub const DEFAULT_ALERT_BUFFER: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct Scored {
     pub verdict: Verdict,
-    pub outcome: EventOutcome,
+    /// How the engine placed the transaction; `None` for a dry run (state untouched).
+    pub outcome: Option<EventOutcome>,
+    /// The feature row the model scored, in `model.spec.feature_names()` order, when asked for.
+    pub features: Option<Vec<f32>>,
+}
+
+/// How [`ScoringCore::score_with`] treats one transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScoreOptions {
+    /// Score from the current state without adding the transaction to it (and publish no
+    /// alert).
+    pub dry_run: bool,
+    /// Return the feature row with the verdict.
+    pub with_features: bool,
 }
 
 /// Window state and pending labels of one partition.
@@ -153,6 +166,35 @@ impl ScoringCore {
         self.score_in(self.partition_of(&tx.card_id), tx)
     }
 
+    /// [`score`](Self::score) or [`peek`](Self::peek) in the card's partition, optionally
+    /// returning the feature row (the gRPC `Score` call).
+    pub fn score_with(&self, tx: &Transaction, opts: ScoreOptions) -> Scored {
+        let partition = self.partition_of(&tx.card_id);
+        let scored = {
+            let mut shard = self.shard(partition);
+            let Shard { scorer, labels, .. } = &mut *shard;
+            let (verdict, outcome) = if opts.dry_run {
+                (scorer.peek(tx), None)
+            } else {
+                for label in labels.due(tx.timestamp_ms) {
+                    scorer.observe_label(&label);
+                }
+                let (v, o) = scorer.score(tx);
+                (v, Some(o))
+            };
+            let features = opts.with_features.then(|| scorer.last_features().to_vec());
+            Scored {
+                verdict,
+                outcome,
+                features,
+            }
+        };
+        if !opts.dry_run && scored.verdict.decision != Decision::Approve {
+            self.publish_alert(Arc::new(scored.verdict.clone()));
+        }
+        scored
+    }
+
     /// Scores `tx` in `partition` (the Kafka path: the partition the record was read from) and
     /// adds it to that state. Non-approve verdicts are published to the alert stream.
     pub fn score_in(&self, partition: u32, tx: &Transaction) -> Scored {
@@ -163,7 +205,11 @@ impl ScoringCore {
                 scorer.observe_label(&label);
             }
             let (verdict, outcome) = scorer.score(tx);
-            Scored { verdict, outcome }
+            Scored {
+                verdict,
+                outcome: Some(outcome),
+                features: None,
+            }
         };
         if scored.verdict.decision != Decision::Approve {
             self.publish_alert(Arc::new(scored.verdict.clone()));
@@ -265,6 +311,16 @@ mod tests {
         }
         // A dry run changes nothing.
         core.peek(&tx("t2", "card-a", t0 + 1000, 10.0));
+        let dry = ScoreOptions {
+            dry_run: true,
+            with_features: true,
+        };
+        let s = core.score_with(&tx("t3", "card-a", t0 + 2000, 10.0), dry);
+        assert!(s.outcome.is_none());
+        assert_eq!(
+            s.features.map(|f| f.len()),
+            Some(core.model().spec.n_features())
+        );
         assert_eq!(core.stats(p).events_in_order, 1);
         core.reset_partition(p);
         assert_eq!(core.stats(p).events_in_order, 0);

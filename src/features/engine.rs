@@ -54,6 +54,9 @@ pub enum EventOutcome {
     Late,
     /// Further behind: handled by the spec's [`TooLatePolicy`].
     TooLate,
+    /// A transaction id the engine already holds (a retry, or a transaction scored over gRPC
+    /// and then seen again on Kafka): scored from the current state, not added a second time.
+    Duplicate,
 }
 
 /// What [`FeatureEngine::observe_label`] did with a label.
