@@ -378,3 +378,32 @@ fn spec_file_loads_and_errors_name_the_key() {
         SpecError::NoFeatures
     ));
 }
+
+/// A retried transaction id (gRPC retry, or the same transaction later on Kafka) is scored from
+/// the current state but never counted twice in the windows.
+#[test]
+fn duplicate_transaction_ids_are_scored_but_not_counted_twice() {
+    let spec = spec(
+        "[[window]]\nentity = \"card\"\nlengths = [\"1h\"]\naggregates = [\"count\", \"sum\"]\n",
+    );
+    let mut engine = FeatureEngine::new(spec);
+    let mut row = [0.0f32; 2];
+    let t0 = T0;
+    let mut a = tx("a", t0, "c1", "m1", 10.0);
+    assert_eq!(engine.process(&a, &mut row), EventOutcome::InOrder);
+    let b = tx("b", t0 + 1000, "c1", "m1", 5.0);
+    assert_eq!(engine.process(&b, &mut row), EventOutcome::InOrder);
+    assert_eq!(row, [1.0, 10.0]);
+    // The same id again, even with another amount and time: scored from the state (which holds
+    // a and b), not added.
+    a.amount = 99.0;
+    a.timestamp_ms = t0 + 2000;
+    assert_eq!(engine.process(&a, &mut row), EventOutcome::Duplicate);
+    assert_eq!(row, [2.0, 15.0]);
+    let c = tx("c", t0 + 3000, "c1", "m1", 1.0);
+    engine.process(&c, &mut row);
+    assert_eq!(row, [2.0, 15.0]);
+    let stats = engine.stats();
+    assert_eq!(stats.events_duplicate, 1);
+    assert_eq!(stats.events_in_order, 3);
+}

@@ -78,6 +78,8 @@ pub struct EngineStats {
     pub events_in_order: u64,
     pub events_late: u64,
     pub events_too_late: u64,
+    /// Transactions whose id the engine already held: scored, not added again.
+    pub events_duplicate: u64,
     pub labels_applied: u64,
     pub labels_ignored: u64,
     pub labels_unused: u64,
@@ -251,6 +253,8 @@ pub struct FeatureEngine {
     label_max_known: i64,
     next_sweep: i64,
     stats: EngineStats,
+    /// Transaction-id hash -> window time of every transaction held (de-duplication).
+    held: FxHashMap<u64, i64>,
     /// Which ids and attributes the spec reads: hashing a string costs as much as the rest of a
     /// small spec's per-event work, so the ones nothing reads are left at 0.
     needs: Needs,
@@ -809,6 +813,7 @@ impl FeatureEngine {
             label_max_known: i64::MIN,
             next_sweep: i64::MIN,
             stats: EngineStats::default(),
+            held: FxHashMap::default(),
         }
     }
 
@@ -908,8 +913,17 @@ impl FeatureEngine {
     /// If `out.len()` is not the spec's feature count (a programming error, not an input one).
     pub fn process(&mut self, tx: &Transaction, out: &mut [f32]) -> EventOutcome {
         assert_eq!(out.len(), self.spec.n_features(), "feature row length");
+        let id = hash_str(&tx.transaction_id);
+        let horizon_now = self.horizon_at(self.watermark);
+        if self.held.get(&id).is_some_and(|&ts| ts > horizon_now) {
+            self.stats.events_duplicate += 1;
+            self.peek_placed(tx, self.place(tx.timestamp_ms), out);
+            return EventOutcome::Duplicate;
+        }
         let place = self.place(tx.timestamp_ms);
         match place.outcome {
+            // Decided above; `place` never returns it.
+            EventOutcome::Duplicate => {}
             EventOutcome::InOrder => {
                 self.stats.events_in_order += 1;
                 self.watermark = place.t;
@@ -925,6 +939,7 @@ impl FeatureEngine {
             return place.outcome;
         }
         let t = place.t;
+        self.held.insert(id, t);
         let keys = self.keys(tx);
         let cur = self.compact(tx, t, &keys);
         let horizon = self.horizon_at(self.watermark);
@@ -1091,6 +1106,7 @@ impl FeatureEngine {
                 !st.events.is_empty()
             });
         }
+        self.held.retain(|_, ts| *ts > horizon);
         let every = (self.spec.retention_ms() / 8).max(1000);
         self.next_sweep = self.watermark.saturating_add(every);
     }
