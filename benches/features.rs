@@ -45,124 +45,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Exp, LogNormal};
 use vigil::features::{FeatureEngine, FeatureSpec};
-use vigil::record::{Channel, LabelEvent, Transaction};
 
 const DAY_MS: i64 = 86_400_000;
-const T0: i64 = 1_700_000_000_000;
 const CHUNK: usize = 50_000;
 
-enum Item {
-    Tx(Transaction),
-    Label(LabelEvent),
-}
-
-struct Stream {
-    rng: ChaCha8Rng,
-    merchants: usize,
-    /// Cumulative per-card rates (events per span).
-    cum: Vec<f64>,
-    gap: Exp<f64>,
-    amount: LogNormal<f64>,
-    now: f64,
-    seq: u64,
-    label_delay_ms: i64,
-    labels: VecDeque<(i64, u64)>,
-}
-
-impl Stream {
-    fn new(cards: usize, span_ms: i64, seed: u64) -> Stream {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut total = 0.0;
-        let cum = (0..cards)
-            .map(|_| {
-                total += 30f64.powf(rng.gen::<f64>());
-                total
-            })
-            .collect();
-        Stream {
-            rng,
-            merchants: (cards / 100).max(10),
-            cum,
-            gap: Exp::new(total / span_ms as f64).expect("positive rate"),
-            amount: LogNormal::new(3.5, 1.0).expect("valid log-normal"),
-            now: T0 as f64,
-            seq: 0,
-            label_delay_ms: span_ms * 3 / 10,
-            labels: VecDeque::new(),
-        }
-    }
-
-    fn next_tx(&mut self) -> Transaction {
-        self.now += self.gap.sample(&mut self.rng);
-        let ts = self.now as i64;
-        let total = *self.cum.last().expect("at least one card");
-        let u = self.rng.gen::<f64>() * total;
-        let card = self.cum.partition_point(|c| *c < u).min(self.cum.len() - 1);
-        let home = card.wrapping_mul(2_654_435_761);
-        let merchant = if self.rng.gen_bool(0.8) {
-            (home + self.rng.gen_range(0..5) * 7919) % self.merchants
-        } else {
-            self.rng.gen_range(0..self.merchants)
-        };
-        let channel = match self.rng.gen_range(0..20) {
-            0..=9 => Channel::Pos,
-            10..=17 => Channel::Online,
-            18 => Channel::Atm,
-            _ => Channel::Moto,
-        };
-        let abroad = self.rng.gen_bool(0.05);
-        let country = ["FR", "DE", "ES", "IT", "NL"][if abroad {
-            self.rng.gen_range(0..5)
-        } else {
-            home % 5
-        }];
-        let located = channel == Channel::Pos || channel == Channel::Atm;
-        let (lat, lon) = (40.0 + (home % 10) as f64, (home % 20) as f64 - 5.0);
-        self.seq += 1;
-        Transaction {
-            transaction_id: format!("t{}", self.seq),
-            timestamp_ms: ts,
-            card_id: format!("card{card}"),
-            merchant_id: format!("m{merchant}"),
-            amount: self.amount.sample(&mut self.rng),
-            label: None,
-            label_time_ms: None,
-            currency: None,
-            mcc: Some(5411),
-            country: Some(country.to_string()),
-            channel: Some(channel),
-            lat: located.then(|| lat + self.rng.gen_range(-0.1..0.1)),
-            lon: located.then(|| lon + self.rng.gen_range(-0.1..0.1)),
-        }
-    }
-
-    /// Appends the next `n` transactions, with the labels due before each of them.
-    fn fill(&mut self, n: usize, out: &mut Vec<Item>) {
-        for _ in 0..n {
-            let tx = self.next_tx();
-            while let Some(&(known_at, seq)) = self.labels.front() {
-                if known_at > tx.timestamp_ms {
-                    break;
-                }
-                self.labels.pop_front();
-                out.push(Item::Label(LabelEvent {
-                    transaction_id: format!("t{seq}"),
-                    fraud: true,
-                    known_at_ms: known_at,
-                }));
-            }
-            if self.rng.gen_bool(0.01) {
-                self.labels
-                    .push_back((tx.timestamp_ms + self.label_delay_ms, self.seq));
-            }
-            out.push(Item::Tx(tx));
-        }
-    }
-}
+#[path = "support/stream.rs"]
+mod stream;
+use stream::{Item, Stream};
 
 fn run(engine: &mut FeatureEngine, items: &[Item], row: &mut [f32]) {
     for item in items {
@@ -188,7 +78,7 @@ fn warm(
 ) -> (Stream, FeatureEngine) {
     let mut stream = Stream::new(cards, span_ms, 42);
     let mut engine = FeatureEngine::new(Arc::clone(spec));
-    let warm = (stream.cum.last().copied().unwrap_or(0.0) * 1.3) as usize;
+    let warm = (stream.per_span() * 1.3) as usize;
     let mut done = 0;
     let mut run_time = Duration::ZERO;
     while done < warm {
@@ -289,7 +179,7 @@ fn bare_deque(c: &mut Criterion) {
             let (stream, map) = state.get_or_insert_with(|| {
                 let mut stream = Stream::new(cards, W, 42);
                 let mut map = FxHashMap::default();
-                let warm = (stream.cum.last().copied().unwrap_or(0.0) * 1.3) as usize;
+                let warm = (stream.per_span() * 1.3) as usize;
                 let mut done = 0;
                 while done < warm {
                     items.clear();

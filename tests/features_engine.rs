@@ -88,7 +88,18 @@ fn history(seed: u64, n: usize) -> Vec<Transaction> {
 #[test]
 fn batch_replay_equals_online_processing() {
     let spec = default_spec();
-    let txs = history(11, 4000);
+    // More rows than one `process_batch` chunk (4096), so chunk boundaries are crossed, and a
+    // few retries (the same transaction again right after it), which must be duplicates.
+    let mut txs = history(11, 10_000);
+    for k in (300..txs.len())
+        .step_by(997)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        let retry = txs[k].clone();
+        txs.insert(k + 1, retry);
+    }
     let mut batch = Vec::new();
     let batch_stats = replay(&spec, &txs, |i, row| {
         assert_eq!(i, batch.len());
@@ -132,6 +143,7 @@ fn batch_replay_equals_online_processing() {
     // The history was meant to exercise labels and lateness; make sure it did.
     assert!(batch_stats.labels_applied > 1000, "{batch_stats:?}");
     assert!(batch_stats.events_late > 0 && batch_stats.events_too_late > 0);
+    assert!(batch_stats.events_duplicate >= 9, "{batch_stats:?}");
     // Risk features are not all zero.
     let risk = spec
         .feature_names()
@@ -380,7 +392,8 @@ fn spec_file_loads_and_errors_name_the_key() {
 }
 
 /// A retried transaction id (gRPC retry, or the same transaction later on Kafka) is scored from
-/// the current state but never counted twice in the windows.
+/// the current state but never counted twice in the windows; the same id at another event time
+/// is another transaction.
 #[test]
 fn duplicate_transaction_ids_are_scored_but_not_counted_twice() {
     let spec = spec(
@@ -389,21 +402,27 @@ fn duplicate_transaction_ids_are_scored_but_not_counted_twice() {
     let mut engine = FeatureEngine::new(spec);
     let mut row = [0.0f32; 2];
     let t0 = T0;
-    let mut a = tx("a", t0, "c1", "m1", 10.0);
+    let a = tx("a", t0, "c1", "m1", 10.0);
     assert_eq!(engine.process(&a, &mut row), EventOutcome::InOrder);
     let b = tx("b", t0 + 1000, "c1", "m1", 5.0);
     assert_eq!(engine.process(&b, &mut row), EventOutcome::InOrder);
     assert_eq!(row, [1.0, 10.0]);
-    // The same id again, even with another amount and time: scored from the state (which holds
-    // a and b), not added.
-    a.amount = 99.0;
-    a.timestamp_ms = t0 + 2000;
+    // `a` again (a late retry): scored from the state, which holds a and b at or before its
+    // time... only a is at or before t0, and it is not counted twice.
     assert_eq!(engine.process(&a, &mut row), EventOutcome::Duplicate);
-    assert_eq!(row, [2.0, 15.0]);
+    assert_eq!(row, [0.0, 0.0]);
+    // `b` again, in order.
+    assert_eq!(engine.process(&b, &mut row), EventOutcome::Duplicate);
+    assert_eq!(row, [1.0, 10.0]);
     let c = tx("c", t0 + 3000, "c1", "m1", 1.0);
     engine.process(&c, &mut row);
     assert_eq!(row, [2.0, 15.0]);
+    // The same id at another time is a new transaction.
+    let mut a_later = a.clone();
+    a_later.timestamp_ms = t0 + 4000;
+    assert_eq!(engine.process(&a_later, &mut row), EventOutcome::InOrder);
+    assert_eq!(row, [3.0, 16.0]);
     let stats = engine.stats();
-    assert_eq!(stats.events_duplicate, 1);
-    assert_eq!(stats.events_in_order, 3);
+    assert_eq!(stats.events_duplicate, 2);
+    assert_eq!(stats.events_in_order, 4);
 }

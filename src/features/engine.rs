@@ -1,29 +1,34 @@
 //! The event-time window engine. See the [module documentation](super) for the exact semantics;
 //! this file is about how they are computed fast.
 //!
-//! Layout: one [`Table`] per entity kind used in the spec (card, merchant), each a hash map from
-//! the 64-bit FxHash of the entity id to an [`EntityState`]: a time-ordered `VecDeque` of compact
-//! 56-byte events plus running aggregates for every distinct window length and every risk
-//! (length, delay) pair of that entity.
+//! Layout: one [`Table`] per entity kind used in the spec (card, merchant), each an
+//! [`EntityTable`] from the 64-bit hash of the entity id to an entity whose single heap block
+//! holds the running aggregates of every window length and every risk (length, delay) pair of
+//! that entity, followed by its events in time order (see `table.rs` for why).
 //!
 //! Fast path (an event at or after the watermark, the overwhelmingly common case): the running
-//! aggregates of the entity are advanced to the event time by moving their start pointers over the
-//! events that left the window (count, sum, sum of squares are updated incrementally; the max is
-//! rescanned only when the element that held it leaves), the features are read off them, and the
-//! event is appended. Distinct counts and "previous event" features scan the entity's recent events;
-//! they are meant for cards, which hold a few to tens of events.
+//! aggregates of the entity are advanced to the event time by moving their start pointers over
+//! the events that left the window (count, sum, sum of squares are updated incrementally; the max
+//! is rescanned only when the element that held it leaves and a feature reads it), the features
+//! are read off them, and the event is appended. Distinct counts scan the window's events from its
+//! running start; "previous event" features look at the newest events.
 //!
-//! Slow path (late events, too-late events, a peek at a late event, or a label known after the
-//! event time): every feature of the entity is recomputed by scanning its deque; a late event is
-//! then inserted at its place and the running aggregates adjusted in O(windows).
+//! Slow path (late events, too-late events, dry runs of late events, or a label known after the
+//! event time): every feature of the entity is recomputed by scanning its events; a late event
+//! is then inserted at its place and the running aggregates adjusted in O(windows).
 //!
 //! Costs to know about: the slow path is O(events of the entity in the window), which for a busy
 //! merchant's 30-day window is thousands of events; it is meant for the rare late event. A label
 //! whose `known_at` is after the current event time (a label feed whose clock runs ahead of the
 //! transaction stream) keeps risk features on the scan path until event time catches up. Distinct
-//! and previous-event features always scan, so declare them on cards, not on merchants.
+//! features scan their window, so declare them on cards, not on merchants.
+//!
+//! Batches: [`FeatureEngine::process_batch`] gives the same results as calling
+//! [`FeatureEngine::process`] in a loop, but hashes every id once and prefetches the state of the
+//! events a few positions ahead in three stages (table slot, then aggregates and newest events,
+//! then the events at the window edges), so the memory latency of one event overlaps the work
+//! on the previous ones. At a million cards that is most of the cost of an event.
 
-use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
@@ -33,12 +38,14 @@ use serde::Serialize;
 use super::spec::{
     Agg, Attr, DistinctOut, Entity, FeatureKind, FeatureSpec, PrevOut, TooLatePolicy, TxFeature,
 };
+use super::table::{
+    key_of_hash, Columns, Entity as EntityState, EntityTable, Ev, Events, Layout, RunRisk, RunWin,
+    NO_LABEL,
+};
 use crate::record::{Channel, LabelEvent, Transaction};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
-/// `known_at` of an event without a label.
-const NO_LABEL: i64 = i64::MAX;
 /// Amounts are stored as `f32`; anything above this saturates so sums of squares stay finite.
 const AMOUNT_CAP: f64 = 1e12;
 /// Mean Earth radius (IUGG), km.
@@ -54,8 +61,9 @@ pub enum EventOutcome {
     Late,
     /// Further behind: handled by the spec's [`TooLatePolicy`].
     TooLate,
-    /// A transaction id the engine already holds (a retry, or a transaction scored over gRPC
-    /// and then seen again on Kafka): scored from the current state, not added a second time.
+    /// The engine already holds a transaction with this id at this event time (a retry, or a
+    /// transaction scored over gRPC and then seen again on Kafka): scored from the current
+    /// state, not added a second time. See the module docs ("Duplicates").
     Duplicate,
 }
 
@@ -78,90 +86,21 @@ pub struct EngineStats {
     pub events_in_order: u64,
     pub events_late: u64,
     pub events_too_late: u64,
-    /// Transactions whose id the engine already held: scored, not added again.
+    /// Transactions whose id the engine already held at that time: scored, not added again.
     pub events_duplicate: u64,
     pub labels_applied: u64,
     pub labels_ignored: u64,
     pub labels_unused: u64,
     /// Entities held, summed over entity kinds (a card and a merchant count as two).
     pub entities: usize,
-    /// Events held, summed over entity kinds (each event is held once per entity kind).
+    /// Events in memory, summed over entity kinds (each event is held once per entity kind).
+    /// Includes expired events of entities that have not been touched since they expired (they
+    /// are dropped on the entity's next event, or with the entity once all of its events expire).
     pub events_held: usize,
+    /// Approximate heap bytes of the window state.
+    pub state_bytes: usize,
     /// Largest event time processed so far.
     pub watermark_ms: Option<i64>,
-}
-
-/// One event as an entity's state keeps it.
-#[derive(Debug, Clone, Copy)]
-struct Ev {
-    ts: i64,
-    /// When the label became known; [`NO_LABEL`] when there is none.
-    known_at: i64,
-    /// FxHash of the transaction id (label look-up).
-    tx: u64,
-    amount: f32,
-    /// NaN when the transaction has no location.
-    lat: f32,
-    lon: f32,
-    /// Hashes of the [`Attr`] values, indexed by [`Attr::index`]; 0 when the value is missing.
-    attrs: [u32; 4],
-    /// The latest label says fraud.
-    fraud: bool,
-}
-
-impl Ev {
-    fn located(&self) -> bool {
-        !self.lat.is_nan()
-    }
-    fn fraud_known_by(&self, t: i64) -> bool {
-        self.fraud && self.known_at <= t
-    }
-}
-
-/// Running aggregates of one window length, covering `events[start..]`.
-///
-/// The `*_ts` fields cache the timestamp at a pointer so that advancing a window whose edge has
-/// not moved touches no event memory: at a million entities every deque access is a cache miss.
-#[derive(Debug, Clone, Copy, Default)]
-struct RunWin {
-    start: usize,
-    /// `events[start].ts`, or `i64::MAX` when the window is empty.
-    exit_ts: i64,
-    n: u32,
-    sum: f64,
-    sumsq: f64,
-    max: f32,
-    /// False when the element holding `max` left; `advance` rescans.
-    max_ok: bool,
-}
-
-/// Running counts of one delayed risk window, covering `events[lo..hi]`.
-#[derive(Debug, Clone, Copy, Default)]
-struct RunRisk {
-    lo: usize,
-    hi: usize,
-    /// `events[lo].ts` when `lo < hi`, else `i64::MAX`.
-    lo_ts: i64,
-    /// `events[hi].ts`, or `i64::MAX` when `hi` is past the end.
-    hi_ts: i64,
-    n: u32,
-    /// Events in the window whose label says fraud (whatever its `known_at`; the fast path is
-    /// only used when no applied label is known after the current event time).
-    fraud: u32,
-}
-
-#[derive(Debug)]
-struct EntityState {
-    /// Sorted by `ts`; equal timestamps in processing order.
-    events: VecDeque<Ev>,
-    /// The time the running aggregates' lower edges are positioned for, or `i64::MIN` when they
-    /// must be rebuilt by a scan before use.
-    t_run: i64,
-    /// Timestamp of the oldest event (`i64::MAX` when none): eviction is checked against it
-    /// without touching the deque.
-    front_ts: i64,
-    wins: Box<[RunWin]>,
-    risks: Box<[RunRisk]>,
 }
 
 /// Window-aggregate inputs: count, sum, sum of squares, max.
@@ -174,6 +113,7 @@ struct Stats {
 }
 
 impl Stats {
+    #[inline]
     fn add(&mut self, a: f32) {
         let x = f64::from(a);
         self.max = if self.n == 0 { a } else { self.max.max(a) };
@@ -192,7 +132,7 @@ enum Slot {
         incl: bool,
     },
     Distinct {
-        length_ms: i64,
+        w: usize,
         of: Attr,
         incl: bool,
         out: DistinctOut,
@@ -208,37 +148,183 @@ enum Slot {
 #[derive(Debug)]
 struct TableCfg {
     entity: Entity,
-    /// Distinct window lengths of this entity's `Win` slots (one running aggregate each).
+    /// Distinct window lengths of this entity's `Win` and `Distinct` slots (one running
+    /// aggregate each; distinct counts only use its start).
     win_lens: Vec<i64>,
+    /// Per window length: whether a feature reads its max (otherwise it is not maintained).
+    win_max: Vec<bool>,
     /// Distinct (length, delay) pairs of this entity's `Risk` slots.
     risk_params: Vec<(i64, i64)>,
-    /// (output column, slot).
+    /// (output column, slot), in column order: what the spec declares.
     slots: Vec<(usize, Slot)>,
+    /// The `Win` slots grouped by (window, include_current), so each group's statistics are
+    /// computed once per event.
+    win_groups: Vec<WinGroup>,
+    /// The other slots (distinct, previous, risk).
+    other_slots: Vec<(usize, Slot)>,
+    /// Whether any slot reads the previous event / the previous located event.
+    needs_prev: bool,
+    needs_prev_located: bool,
+}
+
+/// Window aggregates of one (window, include_current) pair and the columns they fill.
+#[derive(Debug)]
+struct WinGroup {
+    w: usize,
+    incl: bool,
+    need_mean: bool,
+    need_std: bool,
+    outs: Vec<(usize, Agg)>,
+}
+
+impl TableCfg {
+    /// The per-event columns this table's features read (plus the transaction tag where
+    /// duplicates or labels look for it).
+    fn columns(&self, dedup: bool) -> Columns {
+        let mut c = Columns {
+            tag: dedup,
+            ..Columns::default()
+        };
+        if !self.risk_params.is_empty() {
+            c.known_at = true;
+            c.bits = true;
+            c.tag = true;
+        }
+        for &(_, slot) in &self.slots {
+            match slot {
+                Slot::Distinct { of: Attr::Mcc, .. } => c.bits = true,
+                Slot::Distinct { of, .. } => c.attrs[of.index()] = true,
+                Slot::Prev(PrevOut::KmhSince) => c.loc = true,
+                Slot::Prev(PrevOut::CountryChanged) => c.attrs[Attr::Country.index()] = true,
+                Slot::Prev(PrevOut::MerchantChanged) => c.attrs[Attr::Merchant.index()] = true,
+                _ => {}
+            }
+        }
+        c
+    }
+
+    fn finish(&mut self) {
+        self.win_max = vec![false; self.win_lens.len()];
+        for &(col, slot) in &self.slots {
+            match slot {
+                Slot::Win { w, agg, incl } => {
+                    if agg == Agg::Max {
+                        self.win_max[w] = true;
+                    }
+                    let g = match self
+                        .win_groups
+                        .iter()
+                        .position(|g| g.w == w && g.incl == incl)
+                    {
+                        Some(g) => g,
+                        None => {
+                            self.win_groups.push(WinGroup {
+                                w,
+                                incl,
+                                need_mean: false,
+                                need_std: false,
+                                outs: Vec::new(),
+                            });
+                            self.win_groups.len() - 1
+                        }
+                    };
+                    let g = &mut self.win_groups[g];
+                    g.need_mean |= matches!(agg, Agg::Mean | Agg::Std | Agg::AmountToMean);
+                    g.need_std |= agg == Agg::Std;
+                    g.outs.push((col, agg));
+                }
+                Slot::Prev(out) => {
+                    self.needs_prev = true;
+                    self.needs_prev_located |= out == PrevOut::KmhSince;
+                    self.other_slots.push((col, slot));
+                }
+                Slot::Distinct { .. } | Slot::Risk { .. } => self.other_slots.push((col, slot)),
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Table {
     cfg: TableCfg,
-    map: FxHashMap<u64, EntityState>,
-    /// Transaction-id hash -> (entity key, event time), for applying labels. Only kept for
-    /// entities with risk features.
-    tx_index: Option<FxHashMap<u64, (u64, i64)>>,
+    map: EntityTable,
 }
 
-impl TableCfg {
-    fn new_state(&self) -> EntityState {
-        EntityState {
-            events: VecDeque::new(),
-            t_run: i64::MIN,
-            front_ts: i64::MAX,
-            wins: vec![RunWin::default(); self.win_lens.len()].into_boxed_slice(),
-            risks: vec![RunRisk::default(); self.risk_params.len()].into_boxed_slice(),
+/// The ids of one transaction, hashed once.
+#[derive(Debug, Clone, Copy, Default)]
+struct Keys {
+    /// Table keys by [`Entity`] discriminant (0 for entities the spec does not read).
+    entity: [u64; 2],
+    /// High 32 bits of the transaction-id hash (see `Ev::tag`).
+    tag: u32,
+    /// Full transaction-id hash (label index).
+    tx: u64,
+}
+
+/// Where a held transaction is, for applying its label later.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    ts: i64,
+    keys: [u64; 2],
+    tag: u32,
+}
+
+/// Transaction-id hash -> where the transaction is held, for labels. Split into generations by
+/// the watermark at insertion, so expired entries go a whole generation at a time instead of
+/// one random memory access per evicted event.
+#[derive(Debug, Default)]
+struct LabelIndex {
+    /// Oldest first: (generation number, largest held time in it, entries).
+    gens: std::collections::VecDeque<(i64, i64, FxHashMap<u64, Held>)>,
+    gen_ms: i64,
+}
+
+impl LabelIndex {
+    fn new(retention_ms: i64) -> LabelIndex {
+        LabelIndex {
+            gens: Default::default(),
+            gen_ms: (retention_ms / 8).max(1000),
         }
+    }
+
+    fn insert(&mut self, watermark: i64, tx: u64, held: Held) {
+        let g = watermark.div_euclid(self.gen_ms);
+        if self.gens.back().is_none_or(|b| b.0 != g) {
+            // Sized like the previous generation: traffic is steady, and growing a map of a
+            // million entries by doubling would move every entry twice, each a cache miss.
+            let size = self.gens.back().map_or(0, |b| b.2.len() + b.2.len() / 8);
+            let map = FxHashMap::with_capacity_and_hasher(size, Default::default());
+            self.gens.push_back((g, i64::MIN, map));
+        }
+        if let Some(back) = self.gens.back_mut() {
+            back.1 = back.1.max(held.ts);
+            back.2.insert(tx, held);
+        }
+    }
+
+    /// The latest processed transaction with this id hash.
+    fn get(&self, tx: u64) -> Option<&Held> {
+        self.gens.iter().rev().find_map(|g| g.2.get(&tx))
+    }
+
+    /// Drops generations whose every entry is at or before `horizon`.
+    fn expire(&mut self, horizon: i64) {
+        while self.gens.front().is_some_and(|g| g.1 <= horizon) && self.gens.len() > 1 {
+            self.gens.pop_front();
+        }
+        if self.gens.len() == 1 && self.gens[0].1 <= horizon {
+            self.gens.clear();
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.gens.iter().map(|g| g.2.len()).sum()
     }
 }
 
-/// The per-entity sliding-window feature engine. One instance per stream; not `Sync` on purpose
-/// (state is updated in place). See the [module docs](super) for semantics.
+/// The per-entity sliding-window feature engine. One instance per stream (or per partition);
+/// not `Sync` on purpose (state is updated in place). See the [module docs](super) for
+/// semantics.
 #[derive(Debug)]
 pub struct FeatureEngine {
     spec: Arc<FeatureSpec>,
@@ -253,22 +339,20 @@ pub struct FeatureEngine {
     label_max_known: i64,
     next_sweep: i64,
     stats: EngineStats,
-    /// Transaction-id hash -> window time of every transaction held (de-duplication).
-    held: FxHashMap<u64, i64>,
     /// Which ids and attributes the spec reads: hashing a string costs as much as the rest of a
     /// small spec's per-event work, so the ones nothing reads are left at 0.
     needs: Needs,
+    /// Present when some table has risk features.
+    labels: Option<LabelIndex>,
 }
 
-/// The per-event hashes a spec actually reads (see [`FeatureEngine::keys`] and `compact`).
+/// The per-event hashes a spec actually reads.
 #[derive(Debug, Clone, Copy, Default)]
 struct Needs {
     /// By [`Entity`] discriminant: the entity key (a table, or a distinct/changed attribute).
     key: [bool; 2],
     /// By [`Attr::index`].
     attr: [bool; 4],
-    /// The transaction-id hash (label look-up: only with risk features).
-    tx: bool,
 }
 
 fn hash_str(s: &str) -> u64 {
@@ -279,6 +363,24 @@ fn hash_str(s: &str) -> u64 {
 fn attr_hash(h: u64) -> u32 {
     ((h >> 32) as u32).max(1)
 }
+
+/// The column of attribute `a` (for the MCC, the low bits of `bits`, masked by the caller).
+fn attr_col<'a>(events: &Events<'a>, a: Attr) -> &'a [u32] {
+    match a {
+        Attr::Mcc => events.bits,
+        Attr::Card | Attr::Merchant | Attr::Country => events.attrs[a.index()],
+    }
+}
+
+/// Attribute `a` of the current event.
+fn cur_attr(e: &Ev, a: Attr) -> u32 {
+    match a {
+        Attr::Mcc => e.bits & MCC_MASK,
+        Attr::Card | Attr::Merchant | Attr::Country => e.attrs[a.index()],
+    }
+}
+
+const MCC_MASK: u32 = 0xffff;
 
 /// Converts to `f32` and guarantees a finite value (NaN -> 0, overflow -> +-MAX).
 fn finite(x: f64) -> f32 {
@@ -302,101 +404,86 @@ fn haversine_km(lat1: f32, lon1: f32, lat2: f32, lon2: f32) -> f64 {
     2.0 * EARTH_RADIUS_KM * a.sqrt().min(1.0).asin()
 }
 
+/// Running aggregates positioned at the event time (fast path).
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    wins: &'a [RunWin],
+    risks: &'a [RunRisk],
+    /// Whether the running risk counts may be used (no applied label is known after `t`).
+    risk_fast: bool,
+}
+
 /// Everything a slot needs to compute its value for one event and one entity.
 struct Ctx<'a> {
-    events: &'a VecDeque<Ev>,
+    cfg: &'a TableCfg,
     /// Events `[..end]` are the ones processed before this event with `ts <= t`.
+    events: Events<'a>,
     end: usize,
     t: i64,
     /// Events at or before this time are ignored (retention horizon).
     horizon: i64,
     cur: &'a Ev,
-    /// Running aggregates positioned at `t` (fast path), if usable.
-    run: Option<(&'a [RunWin], &'a [RunRisk])>,
-    /// Whether the running risk counts may be used.
-    risk_fast: bool,
+    run: Option<Run<'a>>,
     retention_ms: i64,
 }
 
 impl Ctx<'_> {
-    /// Indices `[a, end)` of the events with `ts > max(lower, horizon)`.
+    /// Index of the first event with `ts > max(lower, horizon)` (at most `end`).
+    #[inline]
     fn from(&self, lower: i64) -> usize {
-        let lower = lower.max(self.horizon);
-        self.events.partition_point(|e| e.ts <= lower).min(self.end)
+        self.events.after(lower.max(self.horizon), self.end)
     }
 
-    fn window(&self, length_ms: i64) -> impl Iterator<Item = &Ev> + '_ {
-        let a = self.from(self.t - length_ms);
-        self.events.range(a..self.end)
+    /// Start of window `w`: the running pointer on the fast path, a search otherwise.
+    #[inline]
+    fn win_start(&self, w: usize) -> usize {
+        match self.run {
+            Some(run) => run.wins[w].start as usize,
+            None => self.from(self.t - self.cfg.win_lens[w]),
+        }
     }
 
-    fn previous(&self, pred: impl Fn(&Ev) -> bool) -> Option<&Ev> {
-        self.events
-            .range(..self.end)
+    /// Index of the newest event before this one (within retention) satisfying `pred`.
+    #[inline]
+    fn previous(&self, pred: impl Fn(usize) -> bool) -> Option<usize> {
+        (0..self.end)
             .rev()
-            .take_while(|e| e.ts > self.horizon)
-            .find(|e| pred(e))
+            .take_while(|&i| self.events.ts[i] > self.horizon)
+            .find(|&i| pred(i))
     }
 
-    fn slot(&self, table: &TableCfg, slot: Slot) -> f32 {
+    fn slot(&self, slot: Slot) -> f32 {
         match slot {
-            Slot::Win { w, agg, incl } => {
-                let mut s = match self.run {
-                    Some((wins, _)) => {
-                        let r = &wins[w];
-                        Stats {
-                            n: r.n,
-                            sum: r.sum,
-                            sumsq: r.sumsq,
-                            max: r.max,
-                        }
-                    }
-                    None => {
-                        let mut s = Stats::default();
-                        for e in self.window(table.win_lens[w]) {
-                            s.add(e.amount);
-                        }
-                        s
-                    }
-                };
-                if incl {
-                    s.add(self.cur.amount);
-                }
-                agg_value(agg, &s, self.cur.amount)
-            }
-            Slot::Distinct {
-                length_ms,
-                of,
-                incl,
-                out,
-            } => {
-                let i = of.index();
-                let v = self.cur.attrs[i];
+            // Written by `write` through the window groups.
+            Slot::Win { .. } | Slot::Prev(_) => 0.0,
+            Slot::Distinct { w, of, incl, out } => {
+                let window = &attr_col(&self.events, of)[self.win_start(w)..self.end];
+                let mask = if of == Attr::Mcc { MCC_MASK } else { u32::MAX };
+                let v = cur_attr(self.cur, of);
                 match out {
                     DistinctOut::Count => {
-                        let vals = self.window(length_ms).map(|e| e.attrs[i]);
+                        let vals = window.iter().map(|&a| a & mask);
                         let extra = if incl { Some(v) } else { None };
                         count_distinct(vals.chain(extra)) as f32
                     }
                     DistinctOut::IsNew => {
-                        let seen = self.window(length_ms).any(|e| e.attrs[i] == v);
+                        let seen = window.iter().any(|&a| a & mask == v);
                         f32::from(u8::from(v != 0 && !seen))
                     }
                 }
             }
-            Slot::Prev(out) => self.prev_value(out),
             Slot::Risk { r, count } => {
                 let (n, fraud) = match self.run {
-                    Some((_, risks)) if self.risk_fast => (risks[r].n, risks[r].fraud),
+                    Some(run) if run.risk_fast => (run.risks[r].n, run.risks[r].fraud),
                     _ => {
-                        let (length_ms, delay_ms) = table.risk_params[r];
+                        let (length_ms, delay_ms) = self.cfg.risk_params[r];
                         let end = self.from(self.t - delay_ms);
                         let a = self.from(self.t - delay_ms - length_ms).min(end);
-                        let mut fraud = 0u32;
-                        for e in self.events.range(a..end) {
-                            fraud += u32::from(e.fraud_known_by(self.t));
-                        }
-                        ((end - a) as u32, fraud)
+                        let ev = &self.events;
+                        let fraud = (a..end)
+                            .filter(|&i| ev.fraud(i) && ev.known_at[i] <= self.t)
+                            .count();
+                        ((end - a) as u32, fraud as u32)
                     }
                 };
                 if count {
@@ -410,21 +497,22 @@ impl Ctx<'_> {
         }
     }
 
-    fn prev_value(&self, out: PrevOut) -> f32 {
+    fn prev_value(&self, out: PrevOut, prev: Option<usize>, prev_located: Option<usize>) -> f32 {
         let cur = self.cur;
+        let ev = &self.events;
         match out {
-            PrevOut::SecsSince => match self.previous(|_| true) {
-                Some(p) => finite((self.t - p.ts) as f64 / 1000.0),
+            PrevOut::SecsSince => match prev {
+                Some(p) => finite((self.t - ev.ts[p]) as f64 / 1000.0),
                 None => finite(self.retention_ms as f64 / 1000.0),
             },
             PrevOut::KmhSince => {
                 if !cur.located() {
                     return 0.0;
                 }
-                match self.previous(Ev::located) {
+                match prev_located {
                     Some(p) => {
-                        let km = haversine_km(p.lat, p.lon, cur.lat, cur.lon);
-                        let hours = ((self.t - p.ts) as f64 / HOUR_MS as f64).max(1.0 / 60.0);
+                        let km = haversine_km(ev.lat[p], ev.lon[p], cur.lat, cur.lon);
+                        let hours = ((self.t - ev.ts[p]) as f64 / HOUR_MS as f64).max(1.0 / 60.0);
                         finite(km / hours)
                     }
                     None => 0.0,
@@ -432,46 +520,102 @@ impl Ctx<'_> {
             }
             PrevOut::CountryChanged => {
                 let i = Attr::Country.index();
-                match self.previous(|_| true) {
-                    Some(p) => f32::from(u8::from(
-                        p.attrs[i] != 0 && cur.attrs[i] != 0 && p.attrs[i] != cur.attrs[i],
-                    )),
+                match prev {
+                    Some(p) => {
+                        let a = ev.attrs[i][p];
+                        f32::from(u8::from(a != 0 && cur.attrs[i] != 0 && a != cur.attrs[i]))
+                    }
                     None => 0.0,
                 }
             }
             PrevOut::MerchantChanged => {
                 let i = Attr::Merchant.index();
-                match self.previous(|_| true) {
-                    Some(p) => f32::from(u8::from(p.attrs[i] != cur.attrs[i])),
+                match prev {
+                    Some(p) => f32::from(u8::from(ev.attrs[i][p] != cur.attrs[i])),
                     None => 0.0,
                 }
             }
         }
     }
-}
 
-fn agg_value(agg: Agg, s: &Stats, amount: f32) -> f32 {
-    let n = f64::from(s.n);
-    let mean = if s.n == 0 { 0.0 } else { s.sum / n };
-    match agg {
-        Agg::Count => s.n as f32,
-        Agg::Sum => finite(s.sum),
-        Agg::Mean => finite(mean),
-        Agg::Max => s.max,
-        Agg::Std => {
-            if s.n < 2 {
-                0.0
-            } else {
-                // Clamped: the incremental sums can leave a tiny negative variance.
-                finite((s.sumsq / n - mean * mean).max(0.0).sqrt())
+    /// Statistics of window `w` over the events before this one.
+    #[inline]
+    fn win_stats(&self, w: usize) -> Stats {
+        match self.run {
+            Some(run) => {
+                let r = &run.wins[w];
+                Stats {
+                    n: r.n,
+                    sum: r.sum,
+                    sumsq: r.sumsq,
+                    max: r.max,
+                }
+            }
+            None => {
+                let mut s = Stats::default();
+                for &a in &self.events.amount[self.win_start(w)..self.end] {
+                    s.add(a);
+                }
+                s
             }
         }
-        Agg::AmountToMean => {
-            if mean > 0.0 {
-                finite(f64::from(amount) / mean)
+    }
+
+    /// Writes every column of this table for the event.
+    fn write(&self, out: &mut [f32]) {
+        let amount = self.cur.amount;
+        for g in &self.cfg.win_groups {
+            let mut s = self.win_stats(g.w);
+            if g.incl {
+                s.add(amount);
+            }
+            let n = f64::from(s.n);
+            let mean = if g.need_mean && s.n > 0 {
+                s.sum / n
             } else {
                 0.0
+            };
+            // Clamped: the incremental sums can leave a tiny negative variance.
+            let std = if g.need_std && s.n >= 2 {
+                (s.sumsq / n - mean * mean).max(0.0).sqrt()
+            } else {
+                0.0
+            };
+            for &(col, agg) in &g.outs {
+                out[col] = match agg {
+                    Agg::Count => s.n as f32,
+                    Agg::Sum => finite(s.sum),
+                    Agg::Mean => finite(mean),
+                    Agg::Max => s.max,
+                    Agg::Std => finite(std),
+                    Agg::AmountToMean => {
+                        if mean > 0.0 {
+                            finite(f64::from(amount) / mean)
+                        } else {
+                            0.0
+                        }
+                    }
+                };
             }
+        }
+        let (prev, prev_located) = if self.cfg.needs_prev {
+            let prev = self.previous(|_| true);
+            let located = if !self.cfg.needs_prev_located {
+                None
+            } else if prev.is_some_and(|p| self.events.located(p)) {
+                prev
+            } else {
+                self.previous(|i| self.events.located(i))
+            };
+            (prev, located)
+        } else {
+            (None, None)
+        };
+        for &(col, slot) in &self.cfg.other_slots {
+            out[col] = match slot {
+                Slot::Prev(o) => self.prev_value(o, prev, prev_located),
+                other => self.slot(other),
+            };
         }
     }
 }
@@ -507,201 +651,171 @@ fn count_distinct(vals: impl Iterator<Item = u32>) -> usize {
     }
 }
 
+/// `ts[i]`, or `i64::MAX` past the end.
+#[inline]
+fn ts_at(ts: &[i64], i: usize) -> i64 {
+    ts.get(i).copied().unwrap_or(i64::MAX)
+}
+
 /// Positions the running aggregates at time `t` (`t >= t_run`, every event has `ts <= t`).
 /// Rebuilds them by scan when `t_run` is `i64::MIN`.
 fn advance(
-    events: &VecDeque<Ev>,
+    events: &Events<'_>,
     t_run: i64,
     wins: &mut [RunWin],
     risks: &mut [RunRisk],
-    table: &TableCfg,
+    cfg: &TableCfg,
     t: i64,
 ) {
+    let (ts, amount) = (events.ts, events.amount);
     if t_run == i64::MIN {
-        for (w, &len) in wins.iter_mut().zip(&table.win_lens) {
-            let start = events.partition_point(|e| e.ts <= t - len);
+        for (w, &len) in wins.iter_mut().zip(&cfg.win_lens) {
+            let start = ts.partition_point(|&x| x <= t - len);
             let mut s = Stats::default();
-            for e in events.range(start..) {
-                s.add(e.amount);
+            for &a in &amount[start..] {
+                s.add(a);
             }
             *w = RunWin {
-                start,
-                exit_ts: ts_at(events, start),
+                start: start as u32,
+                exit_ts: ts_at(ts, start),
                 n: s.n,
                 sum: s.sum,
                 sumsq: s.sumsq,
                 max: s.max,
-                max_ok: true,
+                max_ok: 1,
+                _pad: [0],
             };
         }
-        for (r, &(len, delay)) in risks.iter_mut().zip(&table.risk_params) {
-            let hi = events.partition_point(|e| e.ts <= t - delay);
-            let lo = events.partition_point(|e| e.ts <= t - delay - len).min(hi);
-            let fraud = events.range(lo..hi).filter(|e| e.fraud).count() as u32;
+        for (r, &(len, delay)) in risks.iter_mut().zip(&cfg.risk_params) {
+            let hi = ts.partition_point(|&x| x <= t - delay);
+            let lo = ts.partition_point(|&x| x <= t - delay - len).min(hi);
+            let fraud = (lo..hi).filter(|&i| events.fraud(i)).count() as u32;
             *r = RunRisk {
-                lo,
-                hi,
-                lo_ts: if lo < hi { events[lo].ts } else { i64::MAX },
-                hi_ts: ts_at(events, hi),
+                lo: lo as u32,
+                hi: hi as u32,
+                lo_ts: if lo < hi { ts[lo] } else { i64::MAX },
+                hi_ts: ts_at(ts, hi),
                 n: (hi - lo) as u32,
                 fraud,
+                _pad: [0; 2],
             };
         }
         return;
     }
-    for (w, &len) in wins.iter_mut().zip(&table.win_lens) {
+    for ((w, &len), &need_max) in wins.iter_mut().zip(&cfg.win_lens).zip(&cfg.win_max) {
         let lower = t - len;
         if w.exit_ts > lower {
             continue;
         }
-        while let Some(e) = events.get(w.start).filter(|e| e.ts <= lower) {
-            let x = f64::from(e.amount);
+        let mut start = w.start as usize;
+        while start < ts.len() && ts[start] <= lower {
+            let a = amount[start];
+            let x = f64::from(a);
             w.n -= 1;
             w.sum -= x;
             w.sumsq -= x * x;
-            if e.amount >= w.max {
-                w.max_ok = false;
+            if a >= w.max {
+                w.max_ok = 0;
             }
-            w.start += 1;
+            start += 1;
         }
-        w.exit_ts = ts_at(events, w.start);
+        w.start = start as u32;
+        w.exit_ts = ts_at(ts, start);
         if w.n == 0 {
             // Exact zero instead of accumulated rounding residue.
             *w = RunWin {
                 start: w.start,
                 exit_ts: i64::MAX,
-                max_ok: true,
+                max_ok: 1,
                 ..RunWin::default()
             };
-        } else if !w.max_ok {
-            w.max = events
-                .range(w.start..)
-                .map(|e| e.amount)
-                .fold(0.0, f32::max);
-            w.max_ok = true;
+        } else if w.max_ok == 0 && need_max {
+            w.max = amount[start..].iter().copied().fold(0.0, f32::max);
+            w.max_ok = 1;
         }
     }
-    for (r, &(len, delay)) in risks.iter_mut().zip(&table.risk_params) {
+    for (r, &(len, delay)) in risks.iter_mut().zip(&cfg.risk_params) {
         if r.hi_ts <= t - delay {
-            while let Some(e) = events.get(r.hi).filter(|e| e.ts <= t - delay) {
+            let mut hi = r.hi as usize;
+            while hi < ts.len() && ts[hi] <= t - delay {
                 r.n += 1;
-                r.fraud += u32::from(e.fraud);
-                r.lo_ts = r.lo_ts.min(e.ts);
-                r.hi += 1;
+                r.fraud += u32::from(events.fraud(hi));
+                r.lo_ts = r.lo_ts.min(ts[hi]);
+                hi += 1;
             }
-            r.hi_ts = ts_at(events, r.hi);
+            r.hi = hi as u32;
+            r.hi_ts = ts_at(ts, hi);
         }
         if r.lo_ts <= t - delay - len {
-            while r.lo < r.hi && events[r.lo].ts <= t - delay - len {
-                let e = &events[r.lo];
+            let (mut lo, hi) = (r.lo as usize, r.hi as usize);
+            while lo < hi && ts[lo] <= t - delay - len {
                 r.n -= 1;
-                r.fraud -= u32::from(e.fraud);
-                r.lo += 1;
+                r.fraud -= u32::from(events.fraud(lo));
+                lo += 1;
             }
-            r.lo_ts = if r.lo < r.hi {
-                events[r.lo].ts
-            } else {
-                i64::MAX
-            };
+            r.lo = lo as u32;
+            r.lo_ts = if lo < hi { ts[lo] } else { i64::MAX };
         }
     }
 }
 
-impl EntityState {
-    /// Inserts `ev` at index `p` (its place in time order) and keeps the running aggregates
-    /// consistent with their positions at `t_run`.
-    fn insert(&mut self, p: usize, ev: Ev, table: &TableCfg) {
-        self.events.insert(p, ev);
-        self.front_ts = self.front_ts.min(ev.ts);
-        if self.t_run == i64::MIN {
-            return;
-        }
-        for (w, &len) in self.wins.iter_mut().zip(&table.win_lens) {
-            if ev.ts <= self.t_run - len {
-                w.start += 1;
-            } else {
-                // Inserted at or after `start`: it is the new edge if it sorts first.
-                w.exit_ts = w.exit_ts.min(ev.ts);
-                w.max = if w.n == 0 {
-                    ev.amount
-                } else {
-                    w.max.max(ev.amount)
-                };
-                w.n += 1;
-                let x = f64::from(ev.amount);
-                w.sum += x;
-                w.sumsq += x * x;
-            }
-        }
-        for (r, &(len, delay)) in self.risks.iter_mut().zip(&table.risk_params) {
-            if ev.ts <= self.t_run - delay - len {
-                r.lo += 1;
-                r.hi += 1;
-            } else if ev.ts <= self.t_run - delay {
-                r.lo_ts = r.lo_ts.min(ev.ts);
-                r.n += 1;
-                r.hi += 1;
-            } else {
-                r.hi_ts = r.hi_ts.min(ev.ts);
-            }
-        }
+/// Keeps the running aggregates (positioned at `t_run`) consistent with the insertion of `ev`
+/// at live index `p`.
+fn on_insert(wins: &mut [RunWin], risks: &mut [RunRisk], cfg: &TableCfg, t_run: i64, ev: &Ev) {
+    if t_run == i64::MIN {
+        return;
     }
-
-    /// Drops events at or before `horizon`. Returns how many.
-    fn evict(
-        &mut self,
-        key: u64,
-        horizon: i64,
-        tx_index: &mut Option<FxHashMap<u64, (u64, i64)>>,
-    ) -> usize {
-        if self.front_ts > horizon {
-            return 0;
-        }
-        let k = self.events.partition_point(|e| e.ts <= horizon);
-        if let Some(index) = tx_index.as_mut() {
-            for e in self.events.range(..k) {
-                // A later transaction may have reused the id; only drop our own entry.
-                if index.get(&e.tx) == Some(&(key, e.ts)) {
-                    index.remove(&e.tx);
-                }
-            }
-        }
-        self.events.drain(..k);
-        self.front_ts = self.events.front().map_or(i64::MAX, |e| e.ts);
-        let inside = self.wins.iter().any(|w| w.start < k) || self.risks.iter().any(|r| r.lo < k);
-        if inside {
-            // Only happens to entities idle for longer than the retention (swept); cheaper to
-            // rebuild on their next event than to subtract here.
-            self.t_run = i64::MIN;
+    for (w, &len) in wins.iter_mut().zip(&cfg.win_lens) {
+        if ev.ts <= t_run - len {
+            w.start += 1;
         } else {
-            for w in self.wins.iter_mut() {
-                w.start -= k;
-            }
-            for r in self.risks.iter_mut() {
-                r.lo -= k;
-                r.hi -= k;
-            }
+            // Inserted at or after `start`: it is the new edge if it sorts first.
+            w.exit_ts = w.exit_ts.min(ev.ts);
+            w.max = if w.n == 0 {
+                ev.amount
+            } else {
+                w.max.max(ev.amount)
+            };
+            w.n += 1;
+            let x = f64::from(ev.amount);
+            w.sum += x;
+            w.sumsq += x * x;
         }
-        k
+    }
+    for (r, &(len, delay)) in risks.iter_mut().zip(&cfg.risk_params) {
+        if ev.ts <= t_run - delay - len {
+            r.lo += 1;
+            r.hi += 1;
+        } else if ev.ts <= t_run - delay {
+            r.lo_ts = r.lo_ts.min(ev.ts);
+            r.n += 1;
+            r.hi += 1;
+        } else {
+            r.hi_ts = r.hi_ts.min(ev.ts);
+        }
     }
 }
 
-fn tx_value(f: TxFeature, tx: &Transaction) -> f32 {
+/// Writes the per-transaction features (`slots`: output column, feature).
+fn write_tx(slots: &[(usize, TxFeature)], tx: &Transaction, out: &mut [f32]) {
     let ts = tx.timestamp_ms;
-    let hour = ts.rem_euclid(DAY_MS) / HOUR_MS;
+    let day = ts.div_euclid(DAY_MS);
+    let hour = (ts - day * DAY_MS) / HOUR_MS;
     let flag = |b: bool| f32::from(u8::from(b));
-    match f {
-        TxFeature::Amount => finite(tx.amount),
-        TxFeature::LogAmount => finite(tx.amount.ln_1p()),
-        TxFeature::HourOfDay => hour as f32,
-        // 1970-01-01 was a Thursday: (days + 3) mod 7 counts from Monday = 0.
-        TxFeature::IsWeekend => flag((ts.div_euclid(DAY_MS) + 3).rem_euclid(7) >= 5),
-        TxFeature::IsNight => flag(hour < 6),
-        TxFeature::ChannelPos => flag(tx.channel == Some(Channel::Pos)),
-        TxFeature::ChannelOnline => flag(tx.channel == Some(Channel::Online)),
-        TxFeature::ChannelAtm => flag(tx.channel == Some(Channel::Atm)),
-        TxFeature::ChannelMoto => flag(tx.channel == Some(Channel::Moto)),
-        TxFeature::HasLocation => flag(tx.lat.is_some() && tx.lon.is_some()),
+    for &(col, f) in slots {
+        out[col] = match f {
+            TxFeature::Amount => finite(tx.amount),
+            TxFeature::LogAmount => finite(tx.amount.ln_1p()),
+            TxFeature::HourOfDay => hour as f32,
+            // 1970-01-01 was a Thursday: (days + 3) mod 7 counts from Monday = 0.
+            TxFeature::IsWeekend => flag((day + 3).rem_euclid(7) >= 5),
+            TxFeature::IsNight => flag(hour < 6),
+            TxFeature::ChannelPos => flag(tx.channel == Some(Channel::Pos)),
+            TxFeature::ChannelOnline => flag(tx.channel == Some(Channel::Online)),
+            TxFeature::ChannelAtm => flag(tx.channel == Some(Channel::Atm)),
+            TxFeature::ChannelMoto => flag(tx.channel == Some(Channel::Moto)),
+            TxFeature::HasLocation => flag(tx.lat.is_some() && tx.lon.is_some()),
+        };
     }
 }
 
@@ -715,9 +829,22 @@ struct Placement {
     store: bool,
 }
 
+fn index_of<T: PartialEq + Copy>(v: &mut Vec<T>, x: T) -> usize {
+    match v.iter().position(|y| *y == x) {
+        Some(i) => i,
+        None => {
+            v.push(x);
+            v.len() - 1
+        }
+    }
+}
+
+/// Prefetch distance of [`FeatureEngine::process_batch`], in events, per stage.
+const PREFETCH_STEP: usize = 6;
+
 impl FeatureEngine {
     pub fn new(spec: Arc<FeatureSpec>) -> Self {
-        let mut tables: Vec<Table> = Vec::new();
+        let mut cfgs: Vec<TableCfg> = Vec::new();
         let mut tx_slots = Vec::new();
         for (col, f) in spec.features().iter().enumerate() {
             let Some(entity) = f.entity() else {
@@ -726,24 +853,24 @@ impl FeatureEngine {
                 }
                 continue;
             };
-            let ti = match tables.iter().position(|t| t.cfg.entity == entity) {
+            let ti = match cfgs.iter().position(|t| t.entity == entity) {
                 Some(i) => i,
                 None => {
-                    tables.push(Table {
-                        cfg: TableCfg {
-                            entity,
-                            win_lens: Vec::new(),
-                            risk_params: Vec::new(),
-                            slots: Vec::new(),
-                        },
-                        map: FxHashMap::default(),
-                        tx_index: None,
+                    cfgs.push(TableCfg {
+                        entity,
+                        win_lens: Vec::new(),
+                        win_max: Vec::new(),
+                        risk_params: Vec::new(),
+                        slots: Vec::new(),
+                        win_groups: Vec::new(),
+                        other_slots: Vec::new(),
+                        needs_prev: false,
+                        needs_prev_located: false,
                     });
-                    tables.len() - 1
+                    cfgs.len() - 1
                 }
             };
-            let table = &mut tables[ti];
-            let cfg = &mut table.cfg;
+            let cfg = &mut cfgs[ti];
             let slot = match *f {
                 FeatureKind::Window {
                     length_ms,
@@ -762,7 +889,7 @@ impl FeatureEngine {
                     out,
                     ..
                 } => Slot::Distinct {
-                    length_ms,
+                    w: index_of(&mut cfg.win_lens, length_ms),
                     of,
                     incl: include_current,
                     out,
@@ -773,23 +900,24 @@ impl FeatureEngine {
                     delay_ms,
                     count,
                     ..
-                } => {
-                    table.tx_index.get_or_insert_with(FxHashMap::default);
-                    Slot::Risk {
-                        r: index_of(&mut cfg.risk_params, (length_ms, delay_ms)),
-                        count,
-                    }
-                }
+                } => Slot::Risk {
+                    r: index_of(&mut cfg.risk_params, (length_ms, delay_ms)),
+                    count,
+                },
                 // Handled above: transaction features have no entity.
                 FeatureKind::Transaction(_) => continue,
             };
             cfg.slots.push((col, slot));
         }
+        for cfg in &mut cfgs {
+            cfg.finish();
+        }
         let mut needs = Needs::default();
-        for table in &tables {
-            needs.key[table.cfg.entity as usize] = true;
-            needs.tx |= table.tx_index.is_some();
-            for &(_, slot) in &table.cfg.slots {
+        let mut any_risk = false;
+        for cfg in &cfgs {
+            needs.key[cfg.entity as usize] = true;
+            any_risk |= !cfg.risk_params.is_empty();
+            for &(_, slot) in &cfg.slots {
                 match slot {
                     Slot::Distinct { of, .. } => needs.attr[of.index()] = true,
                     Slot::Prev(PrevOut::CountryChanged) => {
@@ -804,7 +932,24 @@ impl FeatureEngine {
         }
         needs.key[Entity::Card as usize] |= needs.attr[Attr::Card.index()];
         needs.key[Entity::Merchant as usize] |= needs.attr[Attr::Merchant.index()];
+        let tables = cfgs
+            .into_iter()
+            .enumerate()
+            .map(|(i, cfg)| {
+                // The first table is where duplicates are looked for.
+                let cols = cfg.columns(i == 0);
+                Table {
+                    map: EntityTable::new(Layout::new(
+                        cfg.win_lens.len(),
+                        cfg.risk_params.len(),
+                        cols,
+                    )),
+                    cfg,
+                }
+            })
+            .collect();
         FeatureEngine {
+            labels: any_risk.then(|| LabelIndex::new(spec.retention_ms())),
             spec,
             tables,
             needs,
@@ -813,7 +958,6 @@ impl FeatureEngine {
             label_max_known: i64::MIN,
             next_sweep: i64::MIN,
             stats: EngineStats::default(),
-            held: FxHashMap::default(),
         }
     }
 
@@ -860,50 +1004,69 @@ impl FeatureEngine {
         }
     }
 
+    /// Hashes of the ids the spec reads (0 for the others: never looked at).
+    fn keys(&self, tx: &Transaction) -> Keys {
+        let mut keys = Keys::default();
+        for e in Entity::ALL {
+            if self.needs.key[e as usize] {
+                keys.entity[e as usize] = key_of_hash(hash_str(e.key_of(tx)));
+            }
+        }
+        if !self.tables.is_empty() {
+            let h = hash_str(&tx.transaction_id);
+            keys.tx = h;
+            keys.tag = (h >> 32) as u32;
+        }
+        keys
+    }
+
     /// The compact event for `tx` at window time `t`.
-    fn compact(&self, tx: &Transaction, t: i64, keys: &[u64; 2]) -> Ev {
+    fn compact(&self, tx: &Transaction, t: i64, keys: &Keys) -> Ev {
         let (lat, lon) = match (tx.lat, tx.lon) {
             (Some(a), Some(o)) => (a as f32, o as f32),
             _ => (f32::NAN, f32::NAN),
         };
         let need = &self.needs.attr;
-        let mut attrs = [0u32; 4];
+        let mut attrs = [0u32; 3];
         if need[Attr::Card.index()] {
-            attrs[Attr::Card.index()] = attr_hash(keys[Entity::Card as usize]);
+            attrs[Attr::Card.index()] = attr_hash(keys.entity[Entity::Card as usize]);
         }
         if need[Attr::Merchant.index()] {
-            attrs[Attr::Merchant.index()] = attr_hash(keys[Entity::Merchant as usize]);
+            attrs[Attr::Merchant.index()] = attr_hash(keys.entity[Entity::Merchant as usize]);
         }
         if need[Attr::Country.index()] {
             attrs[Attr::Country.index()] =
                 tx.country.as_deref().map_or(0, |c| attr_hash(hash_str(c)));
         }
-        attrs[Attr::Mcc.index()] = tx.mcc.map_or(0, |m| u32::from(m) + 1);
         Ev {
             ts: t,
             known_at: NO_LABEL,
-            tx: if self.needs.tx {
-                hash_str(&tx.transaction_id)
-            } else {
-                0
-            },
             amount: tx.amount.min(AMOUNT_CAP) as f32,
+            tag: keys.tag,
             lat,
             lon,
             attrs,
-            fraud: false,
+            bits: tx.mcc.map_or(0, |m| u32::from(m) + 1),
         }
     }
 
-    /// Hashes of the entity ids the spec reads (0 for the others: never looked at).
-    fn keys(&self, tx: &Transaction) -> [u64; 2] {
-        let mut keys = [0u64; 2];
-        for e in Entity::ALL {
-            if self.needs.key[e as usize] {
-                keys[e as usize] = hash_str(e.key_of(tx));
-            }
+    /// Whether the engine already holds this transaction (same id, same window time): looked up
+    /// in the first table's entity, where it would be.
+    fn is_duplicate(&self, keys: &Keys, t: i64) -> bool {
+        let Some(table) = self.tables.first() else {
+            return false;
+        };
+        let Some(st) = table.map.get(keys.entity[table.cfg.entity as usize]) else {
+            return false;
+        };
+        if t > st.last_ts || t < st.front_ts {
+            // Nothing held at that time (the usual answer, without touching the events).
+            return false;
         }
-        keys
+        let (times, tags) = st.times_and_tags(table.map.layout());
+        let a = times.partition_point(|&x| x < t);
+        let b = times.partition_point(|&x| x <= t);
+        tags[a..b].contains(&keys.tag)
     }
 
     /// Online step: writes the features of `tx`, computed from the state *before* it, into `out`
@@ -913,17 +1076,18 @@ impl FeatureEngine {
     /// If `out.len()` is not the spec's feature count (a programming error, not an input one).
     pub fn process(&mut self, tx: &Transaction, out: &mut [f32]) -> EventOutcome {
         assert_eq!(out.len(), self.spec.n_features(), "feature row length");
-        let id = hash_str(&tx.transaction_id);
-        let horizon_now = self.horizon_at(self.watermark);
-        if self.held.get(&id).is_some_and(|&ts| ts > horizon_now) {
+        let keys = self.keys(tx);
+        self.process_keyed(tx, &keys, out)
+    }
+
+    fn process_keyed(&mut self, tx: &Transaction, keys: &Keys, out: &mut [f32]) -> EventOutcome {
+        let place = self.place(tx.timestamp_ms);
+        if self.is_duplicate(keys, place.t) {
             self.stats.events_duplicate += 1;
-            self.peek_placed(tx, self.place(tx.timestamp_ms), out);
+            self.peek_placed(tx, keys, place, out);
             return EventOutcome::Duplicate;
         }
-        let place = self.place(tx.timestamp_ms);
         match place.outcome {
-            // Decided above; `place` never returns it.
-            EventOutcome::Duplicate => {}
             EventOutcome::InOrder => {
                 self.stats.events_in_order += 1;
                 self.watermark = place.t;
@@ -933,67 +1097,164 @@ impl FeatureEngine {
             }
             EventOutcome::Late => self.stats.events_late += 1,
             EventOutcome::TooLate => self.stats.events_too_late += 1,
+            // Decided above; `place` never returns it.
+            EventOutcome::Duplicate => {}
         }
         if !place.store {
-            self.peek_placed(tx, place, out);
+            self.peek_placed(tx, keys, place, out);
             return place.outcome;
         }
         let t = place.t;
-        self.held.insert(id, t);
-        let keys = self.keys(tx);
-        let cur = self.compact(tx, t, &keys);
+        let cur = self.compact(tx, t, keys);
         let horizon = self.horizon_at(self.watermark);
         let retention_ms = self.spec.retention_ms();
         let risk_fast = self.label_max_known <= t;
         let in_order = place.outcome == EventOutcome::InOrder;
         for table in &mut self.tables {
-            let Table { cfg, map, tx_index } = table;
-            let key = keys[cfg.entity as usize];
-            let st = map.entry(key).or_insert_with(|| cfg.new_state());
+            let Table { cfg, map } = table;
+            let (st, layout) = map.get_or_insert(keys.entity[cfg.entity as usize]);
             if in_order {
-                advance(&st.events, st.t_run, &mut st.wins, &mut st.risks, cfg, t);
-                st.t_run = t;
-                let ctx = Ctx {
-                    events: &st.events,
-                    end: st.events.len(),
+                let t_run = st.t_run;
+                let (wins, risks, events) = st.parts_mut(layout);
+                advance(&events, t_run, wins, risks, cfg, t);
+                Ctx {
+                    cfg,
+                    end: events.len(),
+                    events,
                     t,
                     horizon,
                     cur: &cur,
-                    run: Some((&st.wins, &st.risks)),
-                    risk_fast,
+                    run: Some(Run {
+                        wins,
+                        risks,
+                        risk_fast,
+                    }),
                     retention_ms,
-                };
-                for &(col, slot) in &cfg.slots {
-                    out[col] = ctx.slot(cfg, slot);
                 }
-                st.evict(key, horizon, tx_index);
-                let p = st.events.len();
-                st.insert(p, cur, cfg);
+                .write(out);
+                st.t_run = t;
+                evict(st, layout, horizon);
+                let (wins, risks) = st.aggs_mut(layout);
+                on_insert(wins, risks, cfg, t, &cur);
+                let p = st.len();
+                st.insert(layout, p, &cur);
             } else {
-                let p = st.events.partition_point(|e| e.ts <= t);
-                let ctx = Ctx {
-                    events: &st.events,
+                let events = st.events(layout);
+                let p = events.ts.partition_point(|&x| x <= t);
+                Ctx {
+                    cfg,
+                    events,
                     end: p,
                     t,
                     horizon,
                     cur: &cur,
                     run: None,
-                    risk_fast: false,
                     retention_ms,
-                };
-                for &(col, slot) in &cfg.slots {
-                    out[col] = ctx.slot(cfg, slot);
                 }
-                st.insert(p, cur, cfg);
-            }
-            if let Some(index) = tx_index.as_mut() {
-                index.insert(cur.tx, (key, t));
+                .write(out);
+                let t_run = st.t_run;
+                let (wins, risks) = st.aggs_mut(layout);
+                on_insert(wins, risks, cfg, t_run, &cur);
+                st.insert(layout, p, &cur);
             }
         }
-        for &(col, f) in &self.tx_slots {
-            out[col] = tx_value(f, tx);
+        if let Some(labels) = self.labels.as_mut() {
+            labels.insert(
+                self.watermark,
+                keys.tx,
+                Held {
+                    ts: t,
+                    keys: keys.entity,
+                    tag: keys.tag,
+                },
+            );
         }
+        write_tx(&self.tx_slots, tx, out);
         place.outcome
+    }
+
+    /// [`process`](Self::process) over a batch: `rows` receives one row of
+    /// [`FeatureSpec::n_features`] values per transaction and `outcomes` one outcome each.
+    /// `before(engine, i)` runs right before transaction `i` is processed (to deliver the labels
+    /// due by then, for example). The results are exactly those of calling `process` in a loop;
+    /// the batch only hashes each id once and prefetches the state of transactions a few
+    /// positions ahead, so memory latency overlaps work (see the module docs).
+    ///
+    /// # Panics
+    /// If `rows.len() != txs.len() * n_features` or `outcomes.len() != txs.len()` (programming
+    /// errors, not input ones).
+    pub fn process_batch(
+        &mut self,
+        txs: &[Transaction],
+        rows: &mut [f32],
+        outcomes: &mut [EventOutcome],
+        mut before: impl FnMut(&mut FeatureEngine, usize),
+    ) {
+        let nf = self.spec.n_features();
+        assert_eq!(rows.len(), txs.len() * nf, "rows length");
+        assert_eq!(outcomes.len(), txs.len(), "outcomes length");
+        let keys: Vec<Keys> = txs.iter().map(|tx| self.keys(tx)).collect();
+        let d = PREFETCH_STEP;
+        for i in 0..txs.len() {
+            if let Some(k) = keys.get(i + 3 * d) {
+                self.prefetch_slots(k);
+            }
+            if let Some(k) = keys.get(i + 2 * d) {
+                self.prefetch_blocks(k);
+            }
+            if let Some(k) = keys.get(i + d) {
+                self.prefetch_edges(k, txs[i + d].timestamp_ms);
+            }
+            before(self, i);
+            let out = &mut rows[i * nf..(i + 1) * nf];
+            outcomes[i] = self.process_keyed(&txs[i], &keys[i], out);
+        }
+    }
+
+    /// Prefetch stage 1: the table slots of the transaction's entities.
+    fn prefetch_slots(&self, keys: &Keys) {
+        for table in &self.tables {
+            table
+                .map
+                .prefetch_home(keys.entity[table.cfg.entity as usize]);
+        }
+    }
+
+    /// Prefetch stage 2: each entity's running aggregates and newest events.
+    fn prefetch_blocks(&self, keys: &Keys) {
+        for table in &self.tables {
+            if let Some(st) = table.map.get(keys.entity[table.cfg.entity as usize]) {
+                st.prefetch_front_matter(table.map.layout());
+            }
+        }
+    }
+
+    /// Prefetch stage 3: the events at the window edges the transaction will move.
+    fn prefetch_edges(&self, keys: &Keys, ts: i64) {
+        for table in &self.tables {
+            let cfg = &table.cfg;
+            let layout = table.map.layout();
+            let Some(st) = table.map.get(keys.entity[cfg.entity as usize]) else {
+                continue;
+            };
+            if st.t_run == i64::MIN {
+                continue;
+            }
+            let (wins, risks, _) = st.parts(layout);
+            for (w, &len) in wins.iter().zip(&cfg.win_lens) {
+                if w.exit_ts <= ts - len {
+                    st.prefetch_event(layout, w.start as usize);
+                }
+            }
+            for (r, &(len, delay)) in risks.iter().zip(&cfg.risk_params) {
+                if r.hi_ts <= ts - delay {
+                    st.prefetch_event(layout, r.hi as usize);
+                }
+                if r.lo_ts <= ts - delay - len {
+                    st.prefetch_event(layout, r.lo as usize);
+                }
+            }
+        }
     }
 
     /// The features [`process`](Self::process) would write for `tx` now, without changing any
@@ -1003,86 +1264,121 @@ impl FeatureEngine {
     /// If `out.len()` is not the spec's feature count.
     pub fn peek(&self, tx: &Transaction, out: &mut [f32]) {
         assert_eq!(out.len(), self.spec.n_features(), "feature row length");
-        self.peek_placed(tx, self.place(tx.timestamp_ms), out);
+        let keys = self.keys(tx);
+        self.peek_placed(tx, &keys, self.place(tx.timestamp_ms), out);
     }
 
-    fn peek_placed(&self, tx: &Transaction, place: Placement, out: &mut [f32]) {
+    /// Features of `tx` at its placement without changing state. If the engine holds `tx`
+    /// itself (a duplicate), it is scored as the original was: from the events before the
+    /// original (plus any late ones placed before it since), not counting itself.
+    fn peek_placed(&self, tx: &Transaction, keys: &Keys, place: Placement, out: &mut [f32]) {
         let t = place.t;
-        let keys = self.keys(tx);
-        let cur = self.compact(tx, t, &keys);
+        let duplicate = self.is_duplicate(keys, t);
+        let cur = self.compact(tx, t, keys);
         let watermark = self.watermark.max(t);
         let horizon = self.horizon_at(watermark);
-        let empty = VecDeque::new();
+        let retention_ms = self.spec.retention_ms();
+        let mut wins = Vec::new();
+        let mut risks = Vec::new();
         for table in &self.tables {
             let cfg = &table.cfg;
-            let st = table.map.get(&keys[cfg.entity as usize]);
-            let events = st.map_or(&empty, |s| &s.events);
-            let run = match st {
-                Some(st) if place.outcome == EventOutcome::InOrder => {
-                    let mut wins = st.wins.to_vec();
-                    let mut risks = st.risks.to_vec();
-                    advance(&st.events, st.t_run, &mut wins, &mut risks, cfg, t);
-                    Some((wins, risks))
+            let Some(st) = table.map.get(keys.entity[cfg.entity as usize]) else {
+                // A new entity: every window is empty.
+                Ctx {
+                    cfg,
+                    events: Events::EMPTY,
+                    end: 0,
+                    t,
+                    horizon,
+                    cur: &cur,
+                    run: None,
+                    retention_ms,
                 }
-                _ => None,
+                .write(out);
+                continue;
             };
-            let ctx = Ctx {
+            let (run_wins, run_risks, events) = st.parts(table.map.layout());
+            let st = Some(st);
+            let fast = !duplicate
+                && st.is_some_and(|st| st.t_run != i64::MIN)
+                && place.outcome == EventOutcome::InOrder;
+            let end = if duplicate {
+                // The original's position: after its ties processed before it, before the rest.
+                let a = events.ts.partition_point(|&x| x < t);
+                let b = events.ts.partition_point(|&x| x <= t);
+                (a..b).find(|&i| events.tag[i] == keys.tag).unwrap_or(b)
+            } else {
+                events.ts.partition_point(|&x| x <= t)
+            };
+            if fast {
+                wins.clear();
+                wins.extend_from_slice(run_wins);
+                risks.clear();
+                risks.extend_from_slice(run_risks);
+                let t_run = st.map_or(i64::MIN, |s| s.t_run);
+                advance(&events, t_run, &mut wins, &mut risks, cfg, t);
+            }
+            Ctx {
+                cfg,
                 events,
-                end: events.partition_point(|e| e.ts <= t),
+                end,
                 t,
                 horizon,
                 cur: &cur,
-                run: run.as_ref().map(|(w, r)| (w.as_slice(), r.as_slice())),
-                risk_fast: run.is_some() && self.label_max_known <= t,
-                retention_ms: self.spec.retention_ms(),
-            };
-            for &(col, slot) in &cfg.slots {
-                out[col] = ctx.slot(cfg, slot);
+                run: fast.then_some(Run {
+                    wins: &wins,
+                    risks: &risks,
+                    risk_fast: self.label_max_known <= t,
+                }),
+                retention_ms,
             }
+            .write(out);
         }
-        for &(col, f) in &self.tx_slots {
-            out[col] = tx_value(f, tx);
-        }
+        write_tx(&self.tx_slots, tx, out);
     }
 
     /// Applies a label to the transaction it names, if the engine holds it. A later label for the
     /// same transaction replaces the earlier one. Risk features count a fraud label only for
     /// events at or after its `known_at`.
     pub fn observe_label(&mut self, label: &LabelEvent) -> LabelOutcome {
-        if self.tables.iter().all(|t| t.tx_index.is_none()) {
+        let Some(index) = self.labels.as_ref() else {
             self.stats.labels_unused += 1;
             return LabelOutcome::NotUsed;
-        }
-        let h = hash_str(&label.transaction_id);
+        };
         let horizon = self.horizon_at(self.watermark);
+        let held = index
+            .get(hash_str(&label.transaction_id))
+            .copied()
+            .filter(|h| h.ts > horizon);
         let mut applied = false;
-        for table in &mut self.tables {
-            let Some(&(key, ts)) = table.tx_index.as_ref().and_then(|ix| ix.get(&h)) else {
-                continue;
-            };
-            if ts <= horizon {
-                continue;
-            }
-            let Some(st) = table.map.get_mut(&key) else {
-                continue;
-            };
-            let a = st.events.partition_point(|e| e.ts < ts);
-            let b = st.events.partition_point(|e| e.ts <= ts);
-            // The last one: with a reused id, the index points at the latest transaction.
-            let Some(i) = (a..b).rev().find(|&i| st.events[i].tx == h) else {
-                continue;
-            };
-            let was = st.events[i].fraud;
-            st.events[i].fraud = label.fraud;
-            st.events[i].known_at = label.known_at_ms;
-            if st.t_run != i64::MIN {
-                for r in st.risks.iter_mut() {
-                    if (r.lo..r.hi).contains(&i) {
-                        r.fraud = r.fraud + u32::from(label.fraud) - u32::from(was);
+        if let Some(held) = held {
+            for table in &mut self.tables {
+                let cfg = &table.cfg;
+                if cfg.risk_params.is_empty() {
+                    continue;
+                }
+                let Some((st, layout)) = table.map.get_mut(held.keys[cfg.entity as usize]) else {
+                    continue;
+                };
+                let events = st.events(layout);
+                let a = events.ts.partition_point(|&x| x < held.ts);
+                let b = events.ts.partition_point(|&x| x <= held.ts);
+                // The last one: with a reused id, the index points at the latest transaction.
+                let Some(i) = (a..b).rev().find(|&i| events.tag[i] == held.tag) else {
+                    continue;
+                };
+                let was = events.fraud(i);
+                st.set_label(layout, i, label.fraud, label.known_at_ms);
+                if st.t_run != i64::MIN {
+                    let (_, risks) = st.aggs_mut(layout);
+                    for r in risks.iter_mut() {
+                        if (r.lo as usize..r.hi as usize).contains(&i) {
+                            r.fraud = r.fraud + u32::from(label.fraud) - u32::from(was);
+                        }
                     }
                 }
+                applied = true;
             }
-            applied = true;
         }
         if applied {
             self.label_max_known = self.label_max_known.max(label.known_at_ms);
@@ -1094,50 +1390,72 @@ impl FeatureEngine {
         }
     }
 
-    /// Evicts everything at or before the retention horizon from every entity, and removes
-    /// entities left empty. Runs every eighth of the retention of event time, so memory is bounded
-    /// by the events of one retention period (plus an eighth).
+    /// Removes the entities whose newest event is at or before the retention horizon (their
+    /// blocks are freed without being read), and expired label-index generations. Runs every
+    /// eighth of the retention of event time, so memory is bounded by the events of about two
+    /// retention periods (an entity's expired events go on its next event, or with the entity).
     fn sweep(&mut self) {
         let horizon = self.horizon_at(self.watermark);
         for table in &mut self.tables {
-            let Table { map, tx_index, .. } = table;
-            map.retain(|&key, st| {
-                st.evict(key, horizon, tx_index);
-                !st.events.is_empty()
-            });
+            table.map.retain(|st| st.last_ts > horizon);
         }
-        self.held.retain(|_, ts| *ts > horizon);
+        if let Some(labels) = self.labels.as_mut() {
+            labels.expire(horizon);
+        }
         let every = (self.spec.retention_ms() / 8).max(1000);
         self.next_sweep = self.watermark.saturating_add(every);
     }
 
-    /// Counters plus the current population. Walks every entity to count held events (O(entities),
-    /// a few ms at a million cards): call it for monitoring, not per event.
+    /// Counters plus the current population. Walks every entity (O(entities), a few ms at a
+    /// million cards): call it for monitoring, not per event.
     pub fn stats(&self) -> EngineStats {
+        let label_bytes = self.labels.as_ref().map_or(0, |l| {
+            l.len() * (std::mem::size_of::<(u64, Held)>() + 1) * 8 / 7
+        });
         EngineStats {
             entities: self.tables.iter().map(|t| t.map.len()).sum(),
             events_held: self
                 .tables
                 .iter()
-                .map(|t| t.map.values().map(|s| s.events.len()).sum::<usize>())
+                .map(|t| t.map.iter().map(|e| e.len()).sum::<usize>())
                 .sum(),
+            state_bytes: self
+                .tables
+                .iter()
+                .map(|t| t.map.heap_bytes())
+                .sum::<usize>()
+                + label_bytes,
             watermark_ms: self.watermark_ms(),
             ..self.stats.clone()
         }
     }
 }
 
-/// `events[i].ts`, or `i64::MAX` past the end.
-fn ts_at(events: &VecDeque<Ev>, i: usize) -> i64 {
-    events.get(i).map_or(i64::MAX, |e| e.ts)
-}
-
-fn index_of<T: PartialEq + Copy>(v: &mut Vec<T>, x: T) -> usize {
-    match v.iter().position(|y| *y == x) {
-        Some(i) => i,
-        None => {
-            v.push(x);
-            v.len() - 1
+/// Drops the entity's events at or before `horizon` and shifts the running aggregates' indices.
+/// Called on the in-order path after [`advance`], so no window still points into them.
+fn evict(st: &mut EntityState, layout: &Layout, horizon: i64) {
+    if st.front_ts > horizon {
+        return;
+    }
+    let k = st.times(layout).partition_point(|&x| x <= horizon);
+    if k == 0 {
+        return;
+    }
+    let k32 = k as u32;
+    let (wins, risks) = st.aggs_mut(layout);
+    let inside = wins.iter().any(|w| w.start < k32) || risks.iter().any(|r| r.lo < k32);
+    if inside {
+        // Cannot happen after `advance` to a time whose windows all start after the horizon;
+        // rebuilding on the next event is the safe answer if it ever did.
+        st.t_run = i64::MIN;
+    } else {
+        for w in wins.iter_mut() {
+            w.start -= k32;
+        }
+        for r in risks.iter_mut() {
+            r.lo -= k32;
+            r.hi -= k32;
         }
     }
+    st.drop_front(layout, k);
 }

@@ -65,6 +65,7 @@
 
 mod engine;
 mod spec;
+mod table;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -187,16 +188,32 @@ pub fn replay(
     txs: &[Transaction],
     mut on_row: impl FnMut(usize, &[f32]),
 ) -> EngineStats {
+    /// Transactions per [`FeatureEngine::process_batch`] call.
+    const CHUNK: usize = 4096;
     let mut engine = FeatureEngine::new(Arc::clone(spec));
-    let mut row = vec![0.0f32; spec.n_features()];
+    let nf = spec.n_features();
+    let mut rows = vec![0.0f32; CHUNK * nf];
+    let mut outcomes = vec![EventOutcome::InOrder; CHUNK];
     let mut labels = LabelSchedule::new(spec.label_latency_ms());
-    for (i, tx) in txs.iter().enumerate() {
-        for label in labels.due(tx.timestamp_ms) {
-            engine.observe_label(&label);
+    for (c, chunk) in txs.chunks(CHUNK).enumerate() {
+        let rows = &mut rows[..chunk.len() * nf];
+        let outcomes = &mut outcomes[..chunk.len()];
+        engine.process_batch(chunk, rows, outcomes, |engine, i| {
+            // Exactly the one-at-a-time loop: the previous transaction's label is queued after
+            // it was processed, then the labels known by this one's time are delivered.
+            if i > 0 {
+                labels.push(&chunk[i - 1]);
+            }
+            for label in labels.due(chunk[i].timestamp_ms) {
+                engine.observe_label(&label);
+            }
+        });
+        if let Some(last) = chunk.last() {
+            labels.push(last);
         }
-        engine.process(tx, &mut row);
-        on_row(i, &row);
-        labels.push(tx);
+        for (i, row) in rows.chunks(nf.max(1)).enumerate().take(chunk.len()) {
+            on_row(c * CHUNK + i, row);
+        }
     }
     for label in labels.drain_all() {
         engine.observe_label(&label);
