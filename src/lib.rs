@@ -21,6 +21,7 @@
 //! - [`service`]: the scoring core a serving process shares between its Kafka and gRPC front
 //!   ends: per-partition state, hot-swappable model, alert fan-out (no I/O).
 
+pub mod api;
 pub mod decision;
 pub mod eval;
 pub mod features;
