@@ -232,3 +232,80 @@ impl pb::scoring_server::Scoring for ScoringApi {
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::config::ApiConfig;
+    use crate::api::pb::scoring_server::Scoring;
+    use crate::service::DEFAULT_ALERT_BUFFER;
+
+    fn api(queue_timeout_ms: u64) -> ScoringApi {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.vgm");
+        let model = Arc::new(crate::model::load(&path, None).expect("shipped model"));
+        let core = Arc::new(ScoringCore::new(model, 1, DEFAULT_ALERT_BUFFER));
+        let settings = ApiConfig {
+            max_concurrent_requests: 1,
+            queue_timeout_ms,
+            ..ApiConfig::default()
+        }
+        .check()
+        .unwrap();
+        ScoringApi::new(CoreSlot::with(core), &settings, watch::channel(false).1)
+    }
+
+    fn request(timeout: Option<&str>) -> Request<pb::ScoreRequest> {
+        let mut req = Request::new(pb::ScoreRequest {
+            transaction: Some(pb::Transaction {
+                transaction_id: "t1".into(),
+                time: Some(pb::transaction::Time::TimestampMs(1_600_000_000_000)),
+                card_id: "c1".into(),
+                merchant_id: "m1".into(),
+                amount: Some(5.0),
+                ..pb::Transaction::default()
+            }),
+            dry_run: false,
+            include_features: false,
+        });
+        if let Some(t) = timeout {
+            req.metadata_mut()
+                .insert("grpc-timeout", t.parse().unwrap());
+        }
+        req
+    }
+
+    fn events(api: &ScoringApi) -> u64 {
+        api.slot.get().unwrap().stats(0).events_in_order
+    }
+
+    #[tokio::test]
+    async fn at_the_concurrency_limit_calls_wait_until_their_deadline() {
+        let api = api(1000);
+        let held = api.permits.try_acquire().expect("the only slot");
+        let err = api.score(request(Some("30m"))).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(events(&api), 0, "nothing changed");
+        drop(held);
+        api.score(request(Some("30m"))).await.expect("a free slot");
+        assert_eq!(events(&api), 1);
+    }
+
+    #[tokio::test]
+    async fn without_a_deadline_calls_wait_the_queue_timeout_then_are_shed() {
+        let api = api(20);
+        let held = api.permits.try_acquire().expect("the only slot");
+        let err = api.score(request(None)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("limit of 1 concurrent"), "{err:?}");
+        assert_eq!(events(&api), 0);
+        // A slot freed while waiting is taken.
+        let waiter = api.score(request(Some("5S")));
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(held);
+        };
+        let (r, ()) = tokio::join!(waiter, release);
+        r.expect("scored once the slot is free");
+        assert_eq!(events(&api), 1);
+    }
+}
