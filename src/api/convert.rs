@@ -181,25 +181,31 @@ pub fn placement(outcome: Option<EventOutcome>) -> pb::Placement {
     }
 }
 
+/// A verdict as protobuf (an alert: the broadcast shares it, so it is copied).
 pub fn verdict(v: &Verdict) -> pb::Verdict {
+    verdict_owned(v.clone())
+}
+
+/// A verdict as protobuf, moving its strings (the Score response path).
+pub fn verdict_owned(v: Verdict) -> pb::Verdict {
     pb::Verdict {
-        transaction_id: v.transaction_id.clone(),
-        card_id: v.card_id.clone(),
-        merchant_id: v.merchant_id.clone(),
+        transaction_id: v.transaction_id,
+        card_id: v.card_id,
+        merchant_id: v.merchant_id,
         event_time_ms: v.event_time_ms,
         score: v.score,
         decision: decision(v.decision) as i32,
         reasons: v
             .reasons
-            .iter()
+            .into_iter()
             .map(|r| pb::Reason {
-                feature: r.feature.clone(),
+                feature: r.feature,
                 value: r.value,
                 contribution: r.contribution,
             })
             .collect(),
-        model_id: v.model_id.clone(),
-        model_version: v.model_version.clone(),
+        model_id: v.model_id,
+        model_version: v.model_version,
     }
 }
 
@@ -230,10 +236,10 @@ pub fn verdict_from_pb(v: pb::Verdict) -> Result<Verdict, FieldError> {
 
 /// The response to one scored transaction. `feature_names` are the serving model's (any model
 /// that can serve this state reads the same features in the same order).
-pub fn score_response(s: &Scored, feature_names: &[String], partition: u32) -> pb::ScoreResponse {
+pub fn score_response(s: Scored, feature_names: &[String], partition: u32) -> pb::ScoreResponse {
     pb::ScoreResponse {
-        verdict: Some(verdict(&s.verdict)),
         placement: placement(s.outcome) as i32,
+        verdict: Some(verdict_owned(s.verdict)),
         features: s
             .features
             .as_deref()

@@ -129,7 +129,7 @@ impl pb::scoring_server::Scoring for ScoringApi {
         let scored = core.score_with(&tx, opts);
         let model = core.model();
         Ok(Response::new(convert::score_response(
-            &scored,
+            scored,
             &model.header.feature_names,
             core.partition_of(&tx.card_id),
         )))
@@ -168,7 +168,7 @@ impl pb::scoring_server::Scoring for ScoringApi {
             results.push(convert::batch_item(item.map(|tx| {
                 let scored = core.score_with(&tx, opts);
                 convert::score_response(
-                    &scored,
+                    scored,
                     &model.header.feature_names,
                     core.partition_of(&tx.card_id),
                 )

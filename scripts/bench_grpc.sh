@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# gRPC Score benchmark (BENCHMARKS.md, "gRPC API"): starts `vigil serve --no-kafka` on a local
+# port, drives it with `vigil load-grpc` on the same machine, and prints the load average around
+# each run. Each run gets a freshly started server, so every request is a new transaction to the
+# engine (a second run against the same server would replay the same transaction ids, which the
+# engine scores as duplicates of what it already holds).
+#
+#   scripts/bench_grpc.sh                 # throughput (as fast as answered), then latency at 5k/s
+#   DURATION=20 RATE=5000 scripts/bench_grpc.sh
+#
+# Environment: PORT (default 50071), DURATION (measured seconds, default 10), WARMUP (2),
+# CONCURRENCY (64), CONNECTIONS (4), RATE (fixed-rate run, default 5000), PARTITIONS (4),
+# SERVER_THREADS (2), LOAD_THREADS (1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PORT=${PORT:-50071}
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-2}
+CONCURRENCY=${CONCURRENCY:-64}
+CONNECTIONS=${CONNECTIONS:-4}
+RATE=${RATE:-5000}
+PARTITIONS=${PARTITIONS:-4}
+SERVER_THREADS=${SERVER_THREADS:-2}
+LOAD_THREADS=${LOAD_THREADS:-1}
+
+cargo build --release --locked --quiet
+bin=target/release/vigil
+server_pid=
+
+stop_server() {
+    if [ -n "$server_pid" ]; then
+        kill -TERM "$server_pid" 2>/dev/null || true
+        wait "$server_pid" 2>/dev/null || true
+        server_pid=
+    fi
+}
+trap stop_server EXIT
+
+start_server() {
+    "$bin" serve --no-kafka --grpc-addr "127.0.0.1:$PORT" --partitions "$PARTITIONS" \
+        --threads "$SERVER_THREADS" 2>"target/bench_grpc_server.log" &
+    server_pid=$!
+    for _ in $(seq 100); do
+        grep -q '^serving model' target/bench_grpc_server.log 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "server did not start:" >&2
+    cat target/bench_grpc_server.log >&2
+    exit 1
+}
+
+run() {
+    local name=$1
+    shift
+    echo
+    echo "== $name (load average before: $(cut -d' ' -f1-3 /proc/loadavg))"
+    start_server
+    "$bin" load-grpc --addr "127.0.0.1:$PORT" --duration "$DURATION" --warmup "$WARMUP" \
+        --connections "$CONNECTIONS" --threads "$LOAD_THREADS" "$@"
+    stop_server
+    echo "(load average after: $(cut -d' ' -f1-3 /proc/loadavg))"
+}
+
+run "throughput: as fast as answered, $CONCURRENCY in flight" --concurrency "$CONCURRENCY"
+run "latency at a fixed $RATE requests/s" --rate "$RATE" --concurrency "$CONCURRENCY"
