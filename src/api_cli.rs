@@ -492,6 +492,7 @@ pub fn cmd_load(a: LoadArgs) -> Result<()> {
                 s.p50, s.p99, s.max
             );
         }
+        println!("calls answered including warm-up: {}", report.total_calls);
         for e in &report.error_samples {
             println!("error: {e}");
         }

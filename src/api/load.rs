@@ -64,6 +64,8 @@ impl Percentiles {
 /// What a run measured (warm-up excluded).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LoadReport {
+    /// Calls answered over the whole run, warm-up included (to divide CPU time by).
+    pub total_calls: u64,
     pub ok: u64,
     pub errors: u64,
     /// The first few error messages, for diagnosis.
@@ -126,6 +128,7 @@ impl RequestStream {
 
 #[derive(Default)]
 struct WorkerResult {
+    total: u64,
     ok: u64,
     errors: u64,
     error_samples: Vec<String>,
@@ -168,6 +171,7 @@ pub async fn run(
                 }
                 let result = client.score(req).await;
                 let done = Instant::now();
+                r.total += 1;
                 if sent < measure_from {
                     continue;
                 }
@@ -207,6 +211,7 @@ pub async fn run(
     for t in tasks {
         // A panicking caller is a bug in this generator; count its calls as lost.
         let Ok(r) = t.await else { continue };
+        total.total += r.total;
         total.ok += r.ok;
         total.errors += r.errors;
         total.latency_us.extend(r.latency_us);
@@ -222,6 +227,7 @@ pub async fn run(
     }
     let seconds = opts.duration.as_secs_f64();
     LoadReport {
+        total_calls: total.total,
         ok: total.ok,
         errors: total.errors,
         error_samples: total.error_samples,
