@@ -823,6 +823,32 @@ fn assert_deadline(err: &tonic::Status) {
     assert!(ok, "expected a deadline refusal, got {err:?}");
 }
 
+/// Shutdown ends open alert streams instead of waiting for subscribers that would never leave.
+#[tokio::test]
+async fn shutdown_ends_alert_streams_promptly() {
+    let server = TestServer::start(CoreSlot::with(core(1)), ApiSettings::default()).await;
+    let mut client = server.client().await;
+    let mut stream = client
+        .stream_alerts(pb::AlertFilter::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(
+        started.elapsed() < api::SHUTDOWN_GRACE,
+        "the server waited out its grace period ({:?}): alert streams held it open",
+        started.elapsed()
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("the stream ends");
+    assert!(
+        !matches!(end, Some(Ok(_))),
+        "no alert, just the end: {end:?}"
+    );
+}
+
 #[tokio::test]
 async fn expired_deadlines_are_refused_without_changing_state() {
     let core = core(1);

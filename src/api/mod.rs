@@ -25,7 +25,12 @@
 //! - A request that fails validation is refused with INVALID_ARGUMENT naming the field, before
 //!   any state is touched; in a batch, only the invalid items are refused.
 //! - Deadlines (`grpc-timeout`) count from the request's arrival: a call still waiting for a
-//!   concurrency slot when its deadline passes gets DEADLINE_EXCEEDED and changes nothing.
+//!   concurrency slot when its deadline passes, or whose deadline has passed when its handler
+//!   starts scoring, gets DEADLINE_EXCEEDED and changes nothing. A deadline that passes while
+//!   the request is still being received is enforced by tonic's own server layer, which answers
+//!   CANCELLED ("Timeout expired") and drops the call before it reaches the handler. Scoring one
+//!   transaction is never interrupted half-way; a batch checks its deadline every 64
+//!   transactions and stops there (what was scored stays scored; a retry is safe, see above).
 
 pub mod auth;
 pub mod client;
