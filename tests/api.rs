@@ -460,6 +460,25 @@ async fn a_retried_transaction_is_not_counted_twice() {
     server.stop().await;
 }
 
+/// Known gap, for the feature engine's owner: a retry should get the verdict the original call
+/// got. Today the engine scores a duplicate from the current state, which already holds the
+/// original, so the retry sees itself in its windows (count and sum include it) and can come
+/// out with another decision (with the shipped model: approve 0.12 first, decline 0.64 on the
+/// retry). Run with `--ignored` to see it fail.
+#[tokio::test]
+#[ignore = "engine scores a duplicate with the original in its windows (src/features, not api)"]
+async fn a_retry_gets_the_original_verdict() {
+    let core = core(1);
+    let server = TestServer::start(CoreSlot::with(Arc::clone(&core)), ApiSettings::default()).await;
+    let mut client = server.client().await;
+    let a = tx("a", "c1", T0, 950.5);
+    let first = client.score(score_req(&a)).await.unwrap().into_inner();
+    let retry = client.score(score_req(&a)).await.unwrap().into_inner();
+    assert_eq!(retry.placement, pb::Placement::Duplicate as i32);
+    assert_eq!(retry.verdict, first.verdict);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn get_model_describes_the_serving_model() {
     let core = core(3);
