@@ -18,44 +18,45 @@ use vigil::record::{self, format_timestamp, RawTransaction, ReadOptions};
 use vigil::service::{ScoringCore, DEFAULT_ALERT_BUFFER};
 
 /// The gRPC API's flags (each is also an `[grpc]` key of the service config: the flag minus
-/// `--grpc-`, dashes as underscores).
+/// `--grpc-`, dashes as underscores; and an environment variable: `VIGIL_` and the flag in
+/// capitals, e.g. `VIGIL_GRPC_MAX_BATCH`).
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
     /// Address the gRPC API listens on (HOST:PORT; port 0 picks a free one).
     #[arg(long, env = "VIGIL_GRPC_ADDR", default_value = api::config::DEFAULT_ADDR)]
     pub grpc_addr: String,
     /// Server certificate chain (PEM): serve TLS only.
-    #[arg(long, requires = "grpc_tls_key")]
+    #[arg(long, env = "VIGIL_GRPC_TLS_CERT", requires = "grpc_tls_key")]
     pub grpc_tls_cert: Option<PathBuf>,
     /// Server private key (PEM).
-    #[arg(long, requires = "grpc_tls_cert")]
+    #[arg(long, env = "VIGIL_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
     pub grpc_tls_key: Option<PathBuf>,
     /// CA (PEM) client certificates must chain to: mutual TLS.
-    #[arg(long, requires = "grpc_tls_cert")]
+    #[arg(long, env = "VIGIL_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
     pub grpc_tls_client_ca: Option<PathBuf>,
     /// File of bearer tokens, one per line (`#` comments): calls without one are refused.
-    #[arg(long)]
+    #[arg(long, env = "VIGIL_GRPC_TOKEN_FILE")]
     pub grpc_token_file: Option<PathBuf>,
     /// Name of an environment variable holding bearer tokens, comma-separated.
-    #[arg(long)]
+    #[arg(long, env = "VIGIL_GRPC_TOKENS_ENV")]
     pub grpc_tokens_env: Option<String>,
     /// Largest request or response message, bytes.
-    #[arg(long, default_value_t = ApiConfig::default().max_message_bytes)]
+    #[arg(long, env = "VIGIL_GRPC_MAX_MESSAGE_BYTES", default_value_t = ApiConfig::default().max_message_bytes)]
     pub grpc_max_message_bytes: usize,
     /// Unary calls in progress at once (more wait for a slot until their deadline).
-    #[arg(long, default_value_t = ApiConfig::default().max_concurrent_requests)]
+    #[arg(long, env = "VIGIL_GRPC_MAX_CONCURRENT_REQUESTS", default_value_t = ApiConfig::default().max_concurrent_requests)]
     pub grpc_max_concurrent_requests: usize,
     /// How long a call without a deadline waits for a slot, ms.
-    #[arg(long, default_value_t = ApiConfig::default().queue_timeout_ms)]
+    #[arg(long, env = "VIGIL_GRPC_QUEUE_TIMEOUT_MS", default_value_t = ApiConfig::default().queue_timeout_ms)]
     pub grpc_queue_timeout_ms: u64,
     /// Longest any call may take, ms (applies without a client deadline, caps a longer one).
-    #[arg(long, default_value_t = ApiConfig::default().request_timeout_ms)]
+    #[arg(long, env = "VIGIL_GRPC_REQUEST_TIMEOUT_MS", default_value_t = ApiConfig::default().request_timeout_ms)]
     pub grpc_request_timeout_ms: u64,
     /// Most transactions in one ScoreBatch call.
-    #[arg(long, default_value_t = ApiConfig::default().max_batch)]
+    #[arg(long, env = "VIGIL_GRPC_MAX_BATCH", default_value_t = ApiConfig::default().max_batch)]
     pub grpc_max_batch: usize,
     /// Most StreamAlerts subscribers at once.
-    #[arg(long, default_value_t = ApiConfig::default().max_alert_subscribers)]
+    #[arg(long, env = "VIGIL_GRPC_MAX_ALERT_SUBSCRIBERS", default_value_t = ApiConfig::default().max_alert_subscribers)]
     pub grpc_max_alert_subscribers: usize,
 }
 

@@ -197,6 +197,15 @@ fn bad_flags_are_named() {
     });
     assert!(err.contains("--grpc-max-message-bytes"), "{err}");
 
+    // The same key through its environment variable.
+    let err = stderr_of({
+        let mut c = vigil();
+        c.args(["serve", "--no-kafka"])
+            .env("VIGIL_GRPC_MAX_BATCH", "0");
+        c
+    });
+    assert!(err.contains("--grpc-max-batch"), "{err}");
+
     let err = stderr_of({
         let mut c = vigil();
         c.args([
