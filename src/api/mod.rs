@@ -145,25 +145,6 @@ where
 {
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
-    // Health follows the slot until shutdown begins.
-    let follower = {
-        let health = health.clone();
-        let mut rx = slot.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let status = if rx.borrow_and_update().is_some() {
-                    ServingStatus::Serving
-                } else {
-                    ServingStatus::NotServing
-                };
-                set_health(&health, status).await;
-                if rx.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-    };
-
     // Both reflection versions: grpcurl and others try v1, older tools only know v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -174,7 +155,7 @@ where
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let (stopping_tx, stopping) = watch::channel(false);
-    let api = service::ScoringApi::new(slot, &settings, stopping);
+    let api = service::ScoringApi::new(slot.clone(), &settings, stopping);
     let scoring = pb::scoring_server::ScoringServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);
@@ -198,6 +179,27 @@ where
         .add_service(InterceptedService::new(reflection_v1, auth.clone()))
         .add_service(InterceptedService::new(reflection_v1alpha, auth));
 
+    // Health follows the slot until shutdown begins (started last: nothing above can fail
+    // and leave it running).
+    let follower = {
+        let health = health.clone();
+        let mut rx = slot.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let status = if rx.borrow_and_update().is_some() {
+                    ServingStatus::Serving
+                } else {
+                    ServingStatus::NotServing
+                };
+                set_health(&health, status).await;
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    let follower_handle = follower.abort_handle();
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (began_tx, began) = tokio::sync::oneshot::channel::<()>();
     let on_shutdown = {
@@ -212,7 +214,7 @@ where
     };
     let server = router.serve_with_incoming_shutdown(incoming, on_shutdown);
     tokio::pin!(server);
-    tokio::select! {
+    let result = tokio::select! {
         r = &mut server => r.map_err(ApiError::Transport),
         _ = async {
             // Resolves SHUTDOWN_GRACE after shutdown began (never, if it never begins).
@@ -225,5 +227,7 @@ where
             tracing::warn!("gRPC calls still open {SHUTDOWN_GRACE:?} after shutdown began; stopping anyway");
             Ok(())
         }
-    }
+    };
+    follower_handle.abort();
+    result
 }
