@@ -1000,6 +1000,39 @@ mod tls {
             .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
     }
 
+    /// PEM files that look right but hold no usable key are refused when the server starts, not
+    /// at the first handshake.
+    #[tokio::test]
+    async fn unusable_tls_material_is_refused_at_start() {
+        let pki = pki();
+        let bad_key = pki.path("bad.key");
+        std::fs::write(
+            &bad_key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let settings = ApiConfig {
+            tls_cert: Some(pki.path("server.pem")),
+            tls_key: Some(bad_key),
+            ..ApiConfig::default()
+        }
+        .check()
+        .expect("the files exist and look like PEM");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            api::serve(
+                CoreSlot::with(core(1)),
+                settings,
+                listener,
+                std::future::pending(),
+            ),
+        )
+        .await
+        .expect("refused at once");
+        assert!(matches!(result, Err(api::ApiError::Tls(_))), "{result:?}");
+    }
+
     #[tokio::test]
     async fn tls_handshake_verifies_the_server() {
         let pki = pki();
