@@ -11,8 +11,12 @@
 # Environment: PORT (default 50071), DURATION (measured seconds, default 10), WARMUP (2),
 # CONCURRENCY (128), CONNECTIONS (4), RATE (fixed-rate run, default 5000), PARTITIONS (4),
 # SERVER_THREADS (2), LOAD_THREADS (2), NICE (scheduling priority of server and generator,
-# default 0; e.g. NICE=-10, as root, lets them run ahead of other jobs' builds on a shared
-# machine, approximating dedicated cores: say so next to any figure measured that way).
+# default 0; e.g. NICE=-10, as root, lets them run ahead of other jobs on a shared machine,
+# approximating dedicated cores: say so next to any figure measured that way). With the
+# kernel's autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled = 1), a process's nice
+# value only ranks it within its own session; across sessions the session's autogroup nice
+# counts. So with NICE set, the script re-runs itself in a new session (setsid) and sets that
+# session's autogroup nice, which ends with the session.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +30,14 @@ PARTITIONS=${PARTITIONS:-4}
 SERVER_THREADS=${SERVER_THREADS:-2}
 LOAD_THREADS=${LOAD_THREADS:-2}
 NICE=${NICE:-0}
+
+if [ "$NICE" != 0 ] && [ -z "${BENCH_GRPC_SESSION:-}" ]; then
+    BENCH_GRPC_SESSION=1 exec setsid --wait "$0" "$@"
+fi
+if [ "$NICE" != 0 ] && [ -w /proc/self/autogroup ]; then
+    echo "$NICE" >/proc/self/autogroup
+    echo "session autogroup: $(cat /proc/self/autogroup)"
+fi
 
 cargo build --release --locked --quiet
 bin=target/release/vigil
