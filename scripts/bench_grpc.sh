@@ -18,7 +18,8 @@
 # counts. So with NICE set, the script re-runs itself in a new session (setsid) and sets that
 # session's autogroup nice, which ends with the session.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+script=$(readlink -f "$0")
+cd "$(dirname "$script")/.."
 
 PORT=${PORT:-50071}
 DURATION=${DURATION:-10}
@@ -32,7 +33,7 @@ LOAD_THREADS=${LOAD_THREADS:-2}
 NICE=${NICE:-0}
 
 if [ "$NICE" != 0 ] && [ -z "${BENCH_GRPC_SESSION:-}" ]; then
-    BENCH_GRPC_SESSION=1 exec setsid --wait "$0" "$@"
+    BENCH_GRPC_SESSION=1 exec setsid --wait "$script" "$@"
 fi
 if [ "$NICE" != 0 ] && [ -w /proc/self/autogroup ]; then
     echo "$NICE" >/proc/self/autogroup
