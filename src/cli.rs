@@ -49,6 +49,12 @@ enum Command {
     },
     /// Replay a history through the in-process scorer, showing alerts with reasons as they happen.
     Demo(DemoArgs),
+    /// Run the scoring service (here: the gRPC API alone, with --no-kafka).
+    Serve(Box<crate::api_cli::ServeArgs>),
+    /// Score a transaction (JSON) with a running server and print the verdict.
+    Score(crate::api_cli::ScoreArgs),
+    /// Load-test a server's Score call: throughput, or latency at a fixed rate.
+    LoadGrpc(crate::api_cli::LoadArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -232,6 +238,9 @@ pub fn run(cli: Cli) -> Result<()> {
             command: ModelCommand::Inspect { model, json },
         } => cmd_inspect(&model, json),
         Command::Demo(a) => cmd_demo(a),
+        Command::Serve(a) => crate::api_cli::cmd_serve(*a),
+        Command::Score(a) => crate::api_cli::cmd_score(a),
+        Command::LoadGrpc(a) => crate::api_cli::cmd_load(a),
     }
 }
 

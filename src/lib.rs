@@ -20,7 +20,10 @@
 //! - [`partition`]: Kafka's default partition function (which partition owns a card's state).
 //! - [`service`]: the scoring core a serving process shares between its Kafka and gRPC front
 //!   ends: per-partition state, hot-swappable model, alert fan-out (no I/O).
+//! - [`api`]: the gRPC API over that core (`vigil.v1.Scoring`, health, reflection, TLS, tokens,
+//!   limits) and its load generator; the only module that knows protobuf.
 
+pub mod api;
 pub mod decision;
 pub mod eval;
 pub mod features;

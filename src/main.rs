@@ -1,6 +1,7 @@
 //! The `vigil` command line: a thin layer over the library. It parses arguments, reads and writes
 //! files, draws progress bars and prints results; all the work is in `vigil::*`.
 
+mod api_cli;
 mod cli;
 
 use std::process::ExitCode;

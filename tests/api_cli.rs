@@ -1,0 +1,241 @@
+//! The gRPC commands of the `vigil` binary, as a user drives them: `vigil serve --no-kafka` on
+//! port 0, `vigil score` against it (argument, stdin, refusals, tokens), flag errors naming the
+//! flag, and a clean stop on SIGTERM.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const TOKEN: &str = "cli-test-token-0123456789";
+
+fn vigil() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vigil"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.env_remove("VIGIL_TOKEN").env_remove("VIGIL_GRPC_ADDR");
+    c
+}
+
+fn stderr_of(mut cmd: Command) -> String {
+    let out = cmd.output().expect("runs");
+    assert!(!out.status.success(), "{cmd:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    addr: String,
+}
+
+impl Server {
+    /// Starts `vigil serve --no-kafka` on port 0 and waits until it serves the model.
+    fn start(extra: &[&str]) -> Server {
+        let mut cmd = vigil();
+        cmd.args([
+            "serve",
+            "--no-kafka",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--partitions",
+            "2",
+        ])
+        .args(extra)
+        .env("VIGIL_CLI_TEST_TOKENS", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("serve starts");
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addr = None;
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(30))
+                .expect("serve reports its progress");
+            if let Some(rest) = line.strip_prefix("gRPC API listening on ") {
+                addr = rest.split_whitespace().next().map(str::to_string);
+            }
+            if line.starts_with("serving model") {
+                break;
+            }
+        }
+        Server {
+            child,
+            lines,
+            addr: addr.expect("the address was printed"),
+        }
+    }
+
+    /// SIGTERM, then the process must exit cleanly and say so.
+    fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(15)) {
+            rest.push(line);
+        }
+        let exit = self.child.wait().expect("exits");
+        assert!(exit.success(), "serve exited with {exit}: {rest:?}");
+        assert!(rest.iter().any(|l| l == "gRPC API stopped"), "{rest:?}");
+    }
+}
+
+const TX: &str = r#"{"transaction_id":"cli-1","timestamp":"2018-06-20T10:00:00Z","card_id":"c1","merchant_id":"m1","amount":950.5,"channel":"online"}"#;
+
+#[test]
+fn score_calls_a_running_server() {
+    let server = Server::start(&[]);
+    let out = vigil()
+        .args(["score", "--addr", &server.addr, TX])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("tx cli-1 card c1"), "{stdout}");
+    assert!(stdout.contains("because "), "reasons are printed: {stdout}");
+    assert!(stdout.contains("model default@"), "{stdout}");
+    assert!(stdout.contains("in order"), "{stdout}");
+
+    // JSON lines on stdin, JSON out; the retry of cli-1 is reported as a duplicate.
+    let mut child = vigil()
+        .args([
+            "score",
+            "--addr",
+            &server.addr,
+            "--json-output",
+            "--dry-run",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    let input = format!(
+        "{TX}\n{}\n",
+        TX.replace("cli-1", "cli-2").replace("10:00:00", "10:05:00")
+    );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["verdict"]["transaction_id"], "cli-1");
+    assert_eq!(lines[1]["placement"], "dry run (not recorded)");
+
+    // The server's refusal is shown, naming the field, with a failing exit code.
+    let bad = TX.replace("950.5", "-2");
+    let err = stderr_of({
+        let mut c = vigil();
+        c.args(["score", "--addr", &server.addr, &bad]);
+        c
+    });
+    assert!(err.contains("InvalidArgument"), "{err}");
+    assert!(err.contains("`transaction.amount`"), "{err}");
+    server.stop();
+}
+
+#[test]
+fn tokens_from_an_environment_variable_are_required() {
+    let server = Server::start(&["--grpc-tokens-env", "VIGIL_CLI_TEST_TOKENS"]);
+    let err = stderr_of({
+        let mut c = vigil();
+        c.args(["score", "--addr", &server.addr, TX]);
+        c
+    });
+    assert!(err.contains("Unauthenticated"), "{err}");
+    let out = vigil()
+        .args(["score", "--addr", &server.addr, "--token", TOKEN, TX])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.stop();
+}
+
+#[test]
+fn bad_flags_are_named() {
+    let err = stderr_of({
+        let mut c = vigil();
+        c.args(["serve", "--grpc-addr", "127.0.0.1:0"]);
+        c
+    });
+    assert!(err.contains("--no-kafka"), "{err}");
+
+    let err = stderr_of({
+        let mut c = vigil();
+        c.args(["serve", "--no-kafka", "--grpc-max-message-bytes", "10"]);
+        c
+    });
+    assert!(err.contains("--grpc-max-message-bytes"), "{err}");
+
+    // The same key through its environment variable.
+    let err = stderr_of({
+        let mut c = vigil();
+        c.args(["serve", "--no-kafka"])
+            .env("VIGIL_GRPC_MAX_BATCH", "0");
+        c
+    });
+    assert!(err.contains("--grpc-max-batch"), "{err}");
+
+    let err = stderr_of({
+        let mut c = vigil();
+        c.args([
+            "serve",
+            "--no-kafka",
+            "--grpc-token-file",
+            "/nonexistent/vigil-tokens",
+        ]);
+        c
+    });
+    assert!(err.contains("--grpc-token-file"), "{err}");
+
+    let err = stderr_of({
+        let mut c = vigil();
+        c.args(["serve", "--no-kafka", "--grpc-addr", "not-an-address"]);
+        c
+    });
+    assert!(err.contains("--grpc-addr"), "{err}");
+
+    let err = stderr_of({
+        let mut c = vigil();
+        c.args([
+            "serve",
+            "--no-kafka",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--model",
+            "/nonexistent/model.vgm",
+        ]);
+        c
+    });
+    assert!(err.contains("/nonexistent/model.vgm"), "{err}");
+}
