@@ -189,14 +189,19 @@ impl ScoringCore {
                 features,
             }
         };
-        if !opts.dry_run && scored.verdict.decision != Decision::Approve {
+        // A retry's alert went out with the original.
+        if !opts.dry_run
+            && scored.outcome != Some(EventOutcome::Duplicate)
+            && scored.verdict.decision != Decision::Approve
+        {
             self.publish_alert(Arc::new(scored.verdict.clone()));
         }
         scored
     }
 
     /// Scores `tx` in `partition` (the Kafka path: the partition the record was read from) and
-    /// adds it to that state. Non-approve verdicts are published to the alert stream.
+    /// adds it to that state. Non-approve verdicts are published to the alert stream, except for
+    /// a duplicate (its alert went out with the original).
     pub fn score_in(&self, partition: u32, tx: &Transaction) -> Scored {
         let scored = {
             let mut shard = self.shard(partition);
@@ -211,7 +216,9 @@ impl ScoringCore {
                 features: None,
             }
         };
-        if scored.verdict.decision != Decision::Approve {
+        if scored.outcome != Some(EventOutcome::Duplicate)
+            && scored.verdict.decision != Decision::Approve
+        {
             self.publish_alert(Arc::new(scored.verdict.clone()));
         }
         scored

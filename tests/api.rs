@@ -460,13 +460,11 @@ async fn a_retried_transaction_is_not_counted_twice() {
     server.stop().await;
 }
 
-/// Known gap, for the feature engine's owner: a retry should get the verdict the original call
-/// got. Today the engine scores a duplicate from the current state, which already holds the
-/// original, so the retry sees itself in its windows (count and sum include it) and can come
-/// out with another decision (with the shipped model: approve 0.12 first, decline 0.64 on the
-/// retry). Run with `--ignored` to see it fail.
+/// A retry (the same transaction id at the same event time) gets the verdict the original call
+/// got: the engine scores a duplicate from the events before the original, not counting it.
+/// With the shipped model, before that was fixed, this transaction was approved at 0.12 and
+/// declined at 0.64 on the retry. An alerting retry is not published a second time.
 #[tokio::test]
-#[ignore = "engine scores a duplicate with the original in its windows (src/features, not api)"]
 async fn a_retry_gets_the_original_verdict() {
     let core = core(1);
     let server = TestServer::start(CoreSlot::with(Arc::clone(&core)), ApiSettings::default()).await;
@@ -476,6 +474,31 @@ async fn a_retry_gets_the_original_verdict() {
     let retry = client.score(score_req(&a)).await.unwrap().into_inner();
     assert_eq!(retry.placement, pb::Placement::Duplicate as i32);
     assert_eq!(retry.verdict, first.verdict);
+    server.stop().await;
+    // The same for a transaction that alerts: the first one of the sample history that does,
+    // on a fresh core.
+    let core = self::core(1);
+    let server = TestServer::start(CoreSlot::with(Arc::clone(&core)), ApiSettings::default()).await;
+    let mut client = server.client().await;
+    let mut alerts = core.subscribe_alerts();
+    let mut alerting = None;
+    for t in sample(40_000) {
+        let v = client.score(score_req(&t)).await.unwrap().into_inner();
+        if v.verdict.as_ref().map(|v| v.decision) != Some(pb::Decision::Approve as i32) {
+            alerting = Some((t, v));
+            break;
+        }
+    }
+    let (t, first) = alerting.expect("some sample transaction alerts");
+    let alert = alerts.try_recv().expect("its alert");
+    assert_eq!(alert.transaction_id, t.transaction_id);
+    let retry = client.score(score_req(&t)).await.unwrap().into_inner();
+    assert_eq!(retry.placement, pb::Placement::Duplicate as i32);
+    assert_eq!(retry.verdict, first.verdict);
+    assert!(
+        alerts.try_recv().is_err(),
+        "the retry published a second alert"
+    );
     server.stop().await;
 }
 
