@@ -36,6 +36,21 @@ fn probe_rows(forest: &Forest, seed: u64, n_random: usize) -> Vec<f32> {
 fn check(forest: &Forest, seed: u64, n_random: usize) {
     let c = CompiledForest::compile(forest).expect("generated forests are valid");
     assert_eq!(c.n_trees(), forest.trees.len());
+    // Where the CPU has AVX-512 the single-row walk is the vector one; the portable walk must give
+    // the same bits (and is what the rest of this function checks elsewhere).
+    let mut portable = c.clone();
+    portable.set_vector_walk(false);
+    let mut contrib_v = vec![0.0; forest.n_features];
+    let mut contrib_p = vec![0.0; forest.n_features];
+    for x in probe_rows(forest, seed ^ 0x5eed, n_random).chunks_exact(forest.n_features) {
+        assert_eq!(c.score(x).to_bits(), portable.score(x).to_bits());
+        let (sv, sp) = (
+            c.explain(x, &mut contrib_v),
+            portable.explain(x, &mut contrib_p),
+        );
+        assert_eq!(sv.to_bits(), sp.to_bits());
+        assert_eq!(contrib_v, contrib_p);
+    }
     let nf = forest.n_features;
     let rows = probe_rows(forest, seed, n_random);
     let n = rows.len() / nf;
