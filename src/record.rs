@@ -589,7 +589,7 @@ pub fn read_history_from<R: Read>(
                 }
             }
         }
-        if line % 8192 == 0 {
+        if line.is_multiple_of(8192) {
             on_progress(rec.position().map(|p| p.byte()).unwrap_or(0));
         }
     }
