@@ -20,7 +20,15 @@
 //! - [`partition`]: Kafka's default partition function (which partition owns a card's state).
 //! - [`service`]: the scoring core a serving process shares between its Kafka and gRPC front
 //!   ends: per-partition state, hot-swappable model, alert fan-out (no I/O).
+//! - [`stream`]: the Kafka front end (consume, score, produce verdicts and dead letters, commit
+//!   acknowledged offsets, rebuild state on assignment, labels feed, replay).
+//! - [`serve`]: `vigil serve` as a library call: config, model (hot reload), Kafka pipeline,
+//!   HTTP endpoints, signals, extra tasks (the gRPC server) on one shutdown signal.
+//! - [`config`]: the `vigil serve` configuration (file, environment, flags).
+//! - [`telemetry`]: metric names and the events that emit them.
+//! - [`shutdown`]: the shutdown signal shared by threads and tasks.
 
+pub mod config;
 pub mod decision;
 pub mod eval;
 pub mod features;
@@ -31,4 +39,8 @@ pub mod partition;
 pub mod pipeline;
 pub mod record;
 pub mod scorer;
+pub mod serve;
 pub mod service;
+pub mod shutdown;
+pub mod stream;
+pub mod telemetry;

@@ -2,6 +2,7 @@
 //! files, draws progress bars and prints results; all the work is in `vigil::*`.
 
 mod cli;
+mod cli_stream;
 
 use std::process::ExitCode;
 
