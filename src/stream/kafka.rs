@@ -23,7 +23,6 @@ pub fn consumer_config(cfg: &Config, group: Option<&str>) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         // Rebuilding a partition's state happens on the polling thread; allow it time.
         .set("max.poll.interval.ms", "600000")
-        .set("statistics.interval.ms", "5000")
         .set(
             "isolation.level",
             if cfg.kafka.exactly_once {
@@ -34,7 +33,8 @@ pub fn consumer_config(cfg: &Config, group: Option<&str>) -> ClientConfig {
         );
     match group {
         Some(g) => {
-            c.set("group.id", g);
+            // Consumer lag per partition comes from librdkafka's statistics.
+            c.set("group.id", g).set("statistics.interval.ms", "5000");
         }
         None => {
             // librdkafka wants a group id for some calls even when it never joins the group.

@@ -49,15 +49,20 @@ pub fn rebuild_partition(
     let err = |what: &str, e: rdkafka::error::KafkaError| {
         StreamError::Rebuild(format!("partition {partition}: {what}: {e}"))
     };
-    let (low, high) = consumer
+    // The committed offset is the end. (The high watermark is not used: tansu 0.6 answers
+    // ListOffsets(latest) wrongly; the low watermark only bounds the start.)
+    let end = committed;
+    let low = consumer
         .fetch_watermarks(topic, partition, Duration::from_secs(30))
-        .map_err(|e| err("reading watermarks", e))?;
-    let end = committed.min(high);
+        .map(|(low, _)| low.max(0))
+        .unwrap_or(0);
     if end <= low {
         return Ok(0);
     }
     // 1. The record timestamp of the last committed record.
+    tracing::debug!(partition, low, end, "rebuild: reading the last committed record");
     let last = read_one(&consumer, topic, partition, end - 1)?;
+    tracing::debug!(partition, ?last, "rebuild: its timestamp");
     let retention = core.model().spec.retention_ms();
     let margin = i64::try_from(cfg.rebuild_margin().as_millis()).unwrap_or(i64::MAX);
     // 2. Where to start.
@@ -134,7 +139,8 @@ fn read_one(
     while Instant::now() < deadline {
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) if m.offset() >= offset => return Ok(m.timestamp().to_millis()),
-            Some(Ok(_)) | None => {}
+            Some(Ok(m)) => tracing::trace!(partition, offset = m.offset(), "rebuild: skipping"),
+            None => {}
             Some(Err(e)) => tracing::warn!(partition, "rebuild consumer: {e}"),
         }
     }
