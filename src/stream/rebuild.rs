@@ -60,7 +60,12 @@ pub fn rebuild_partition(
         return Ok(0);
     }
     // 1. The record timestamp of the last committed record.
-    tracing::debug!(partition, low, end, "rebuild: reading the last committed record");
+    tracing::debug!(
+        partition,
+        low,
+        end,
+        "rebuild: reading the last committed record"
+    );
     let last = read_one(&consumer, topic, partition, end - 1)?;
     tracing::debug!(partition, ?last, "rebuild: its timestamp");
     let retention = core.model().spec.retention_ms();
@@ -112,11 +117,13 @@ pub fn rebuild_partition(
                 }
             }
             Some(Err(e)) => tracing::warn!(partition, "rebuild consumer: {e}"),
-            None if last_progress.elapsed() > STALL => return Err(StreamError::Rebuild(format!(
+            None if last_progress.elapsed() > STALL => {
+                return Err(StreamError::Rebuild(format!(
                 "partition {partition}: no record for {}s while replaying offsets {start}..{end} \
                      (at {replayed} of {total})",
                 STALL.as_secs()
-            ))),
+            )))
+            }
             None => {}
         }
     }

@@ -5,7 +5,7 @@
 //! The broker binary comes from `TANSU_BIN` (scripts/test.sh installs tansu 0.6.0 and sets it),
 //! else `target/tools/bin/tansu`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use vigil::decision::Decision;
@@ -72,7 +72,13 @@ impl Broker {
             .open(self.dir.path().join("tansu.log"))
             .expect("broker log");
         let child = Command::new(tansu_bin())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
@@ -179,12 +185,20 @@ impl<'a> ServeSpec<'a> {
         let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .arg("serve")
             .args(["--brokers", self.brokers, "--group", &n.group])
-            .args(["--transactions-topic", &n.transactions, "--alerts-topic", &n.alerts])
+            .args([
+                "--transactions-topic",
+                &n.transactions,
+                "--alerts-topic",
+                &n.alerts,
+            ])
             .args(["--verdicts-topic", &n.verdicts, "--dlq-topic", &n.dlq])
             .args(["--metrics-addr", &self.metrics_addr])
             .arg("--model")
             .arg(&self.model)
             .args(["--set", "pipeline.commit_interval=200ms"])
+            // A killed member is noticed after this long (the default is 45 s).
+            .args(["--set", "kafka.consumer.session.timeout.ms=6000"])
+            .args(["--set", "kafka.consumer.heartbeat.interval.ms=1000"])
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("RUST_LOG", "info,rdkafka=warn")
@@ -255,7 +269,11 @@ impl Serve {
 impl Drop for Serve {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- vigil serve log ({}) ---\n{}", self.log.display(), self.log_text());
+            eprintln!(
+                "--- vigil serve log ({}) ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
         }
         self.kill9();
     }
@@ -329,7 +347,8 @@ pub fn produce(brokers: &str, topic: &str, inputs: &[Input], rate: Option<f64>) 
             }
         }
     }
-    p.flush(Duration::from_secs(120)).expect("all inputs acknowledged");
+    p.flush(Duration::from_secs(120))
+        .expect("all inputs acknowledged");
 }
 
 /// Produces in a background thread.
@@ -373,7 +392,11 @@ impl Reader {
             .set("enable.auto.commit", "false")
             .set(
                 "isolation.level",
-                if read_committed { "read_committed" } else { "read_uncommitted" },
+                if read_committed {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
             )
             .create()
             .expect("reader");
@@ -421,6 +444,19 @@ impl Reader {
         }
     }
 
+    /// Reads until every transaction id in `ids` has at least one verdict.
+    pub fn read_until_verdicts_for(&mut self, ids: &HashSet<&str>, timeout: Duration) -> &[Record] {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut parsed = 0;
+        self.read_until(timeout, "a verdict for every transaction", |recs| {
+            for r in &recs[parsed..] {
+                seen.insert(r.verdict().transaction_id);
+            }
+            parsed = recs.len();
+            ids.iter().all(|id| seen.contains(*id))
+        })
+    }
+
     /// Reads until `done(records)` or `timeout` (then panics with `what`).
     pub fn read_until(
         &mut self,
@@ -443,9 +479,15 @@ impl Reader {
 
 /// What an uninterrupted scorer makes of the transactions topic as it is: every partition
 /// replayed in offset order through a fresh in-process core. `(partition, offset)` -> verdict.
-pub fn reference(brokers: &str, topic: &str, total: usize) -> HashMap<(i32, i64), (f32, Decision, String)> {
+pub fn reference(
+    brokers: &str,
+    topic: &str,
+    total: usize,
+) -> HashMap<(i32, i64), (f32, Decision, String)> {
     let mut r = Reader::new(brokers, topic, false);
-    r.read_until(Duration::from_secs(60), "the whole input topic", |recs| recs.len() >= total);
+    r.read_until(Duration::from_secs(60), "the whole input topic", |recs| {
+        recs.len() >= total
+    });
     let partitions = r.records.iter().map(|x| x.partition).max().unwrap_or(0) as u32 + 1;
     let n = vigil::stream::kafka::partition_count(&r.consumer, topic, Duration::from_secs(10))
         .expect("partitions")
@@ -457,7 +499,10 @@ pub fn reference(brokers: &str, topic: &str, total: usize) -> HashMap<(i32, i64)
     for x in recs {
         if let Ok(tx) = decode_transaction(x.key.as_deref(), x.payload.as_deref()) {
             let v = core.score_in(x.partition as u32, &tx).verdict;
-            out.insert((x.partition, x.offset), (v.score, v.decision, v.transaction_id));
+            out.insert(
+                (x.partition, x.offset),
+                (v.score, v.decision, v.transaction_id),
+            );
         }
     }
     out
@@ -489,7 +534,9 @@ pub fn check_against_reference(
 /// Scrapes one metric value from a /metrics endpoint (sum over label sets).
 pub fn scrape(addr: &str, name: &str) -> f64 {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return 0.0 };
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return 0.0;
+    };
     let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
@@ -502,7 +549,9 @@ pub fn scrape(addr: &str, name: &str) -> f64 {
 
 pub fn http_get(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return String::new() };
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
     let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);

@@ -72,16 +72,26 @@ fn every_record_ends_as_one_verdict_or_one_dead_letter_and_offsets_are_committed
     let mut dlq = Reader::new(&b, &names.dlq, false);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while verdicts.records.len() + dlq.records.len() < total {
-        assert!(std::time::Instant::now() < deadline, "not every record was answered");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every record was answered"
+        );
         verdicts.read_for(Duration::from_millis(200));
         dlq.read_for(Duration::from_millis(100));
     }
     assert!(http_get(&metrics, "/readyz").contains("200 OK"));
     assert!(http_get(&metrics, "/healthz").contains("200 OK"));
-    assert_eq!(scrape(&metrics, "vigil_transactions_in_total"), total as f64);
+    assert_eq!(
+        scrape(&metrics, "vigil_transactions_in_total"),
+        total as f64
+    );
     assert_eq!(scrape(&metrics, "vigil_dead_letters_total"), bad as f64);
     let status = serve.terminate();
-    assert!(status.success(), "graceful shutdown: {status:?}\n{}", serve.log_text());
+    assert!(
+        status.success(),
+        "graceful shutdown: {status:?}\n{}",
+        serve.log_text()
+    );
     // Nothing more arrives after the end (no duplicate from the shutdown).
     verdicts.read_for(Duration::from_secs(1));
     dlq.read_for(Duration::from_millis(500));
@@ -89,7 +99,11 @@ fn every_record_ends_as_one_verdict_or_one_dead_letter_and_offsets_are_committed
     // Verdicts: one per valid transaction, none missing, none duplicated, as an uninterrupted run.
     let reference = reference(&b, &names.transactions, total);
     let per_tx = check_against_reference(&verdicts.records, &reference);
-    assert_eq!(per_tx.len(), ids.len(), "every valid transaction has a verdict");
+    assert_eq!(
+        per_tx.len(),
+        ids.len(),
+        "every valid transaction has a verdict"
+    );
     assert!(per_tx.values().all(|&n| n == 1), "no duplicate verdicts");
     assert_eq!(per_tx.keys().cloned().collect::<HashSet<_>>(), ids);
     assert_eq!(verdicts.records.len() + dlq.records.len(), total);
@@ -102,17 +116,27 @@ fn every_record_ends_as_one_verdict_or_one_dead_letter_and_offsets_are_committed
     assert_eq!(dlq.records.len(), bad);
     let mut input = Reader::new(&b, &names.transactions, false);
     input.read_until(Duration::from_secs(30), "the input", |r| r.len() >= total);
-    let by_pos: HashMap<(i32, i64), &Record> =
-        input.records.iter().map(|r| ((r.partition, r.offset), r)).collect();
+    let by_pos: HashMap<(i32, i64), &Record> = input
+        .records
+        .iter()
+        .map(|r| ((r.partition, r.offset), r))
+        .collect();
     let mut reasons: HashMap<String, usize> = HashMap::new();
     for d in &dlq.records {
-        let p: i32 = d.headers[wire::HDR_PARTITION].parse().expect("partition header");
+        let p: i32 = d.headers[wire::HDR_PARTITION]
+            .parse()
+            .expect("partition header");
         let o: i64 = d.headers[wire::HDR_OFFSET].parse().expect("offset header");
         assert_eq!(d.headers[wire::HDR_TOPIC], names.transactions);
         let original = by_pos[&(p, o)];
-        assert_eq!(d.payload.as_deref().unwrap_or_default(), original.payload.as_deref().unwrap_or_default());
+        assert_eq!(
+            d.payload.as_deref().unwrap_or_default(),
+            original.payload.as_deref().unwrap_or_default()
+        );
         assert!(!d.headers[wire::HDR_ERROR].is_empty());
-        *reasons.entry(d.headers[wire::HDR_REASON].clone()).or_default() += 1;
+        *reasons
+            .entry(d.headers[wire::HDR_REASON].clone())
+            .or_default() += 1;
     }
     let quarter = bad / 4;
     assert_eq!(reasons["decode"], 2 * quarter, "{reasons:?}");
@@ -129,7 +153,11 @@ fn every_record_ends_as_one_verdict_or_one_dead_letter_and_offsets_are_committed
         .filter(|v| v.decision != Decision::Approve)
         .map(|v| v.transaction_id)
         .collect();
-    let alerted: Vec<String> = alerts.records.iter().map(|r| r.verdict().transaction_id).collect();
+    let alerted: Vec<String> = alerts
+        .records
+        .iter()
+        .map(|r| r.verdict().transaction_id)
+        .collect();
     assert!(!flagged.is_empty());
     assert_eq!(alerted.len(), flagged.len());
     assert_eq!(alerted.into_iter().collect::<HashSet<_>>(), flagged);
@@ -156,7 +184,9 @@ fn committed_offsets(brokers: &str, names: &Names) -> HashMap<i32, i64> {
     for p in 0..PARTITIONS as i32 {
         tpl.add_partition(&names.transactions, p);
     }
-    let got = c.committed_offsets(tpl, Duration::from_secs(10)).expect("committed");
+    let got = c
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .expect("committed");
     got.elements()
         .iter()
         .filter_map(|e| match e.offset() {
@@ -179,15 +209,15 @@ fn kill_9_and_restart_every_transaction_scored_as_if_uninterrupted() {
 
     let mut first = ServeSpec::new(&b, &names).start();
     let mut verdicts = Reader::new(&b, &names.verdicts, false);
-    verdicts.read_until(Duration::from_secs(60), "2000 verdicts", |r| r.len() >= 2000);
+    verdicts.read_until(Duration::from_secs(60), "2000 verdicts", |r| {
+        r.len() >= 2000
+    });
     first.kill9();
     let before = verdicts.records.len();
     let second = ServeSpec::new(&b, &names).start();
     producer.join().expect("producer");
     let ids: HashSet<&str> = txs.iter().map(|t| t.transaction_id.as_str()).collect();
-    verdicts.read_until(Duration::from_secs(120), "a verdict for every transaction", |r| {
-        r.iter().map(|x| x.verdict().transaction_id).collect::<HashSet<_>>().len() >= ids.len()
-    });
+    verdicts.read_until_verdicts_for(&ids, Duration::from_secs(120));
     verdicts.read_for(Duration::from_secs(1));
     drop(second);
 
@@ -216,14 +246,14 @@ fn two_scorers_in_one_group_split_the_partitions_and_score_everything() {
     spec.metrics_addr = ma.clone();
     let mut a = spec.start();
     let mut verdicts = Reader::new(&b, &names.verdicts, false);
-    verdicts.read_until(Duration::from_secs(60), "1500 verdicts", |r| r.len() >= 1500);
+    verdicts.read_until(Duration::from_secs(60), "1500 verdicts", |r| {
+        r.len() >= 1500
+    });
     spec.metrics_addr = mb.clone();
     let mut second = spec.start();
     producer.join().expect("producer");
     let ids: HashSet<&str> = txs.iter().map(|t| t.transaction_id.as_str()).collect();
-    verdicts.read_until(Duration::from_secs(120), "a verdict for every transaction", |r| {
-        r.iter().map(|x| x.verdict().transaction_id).collect::<HashSet<_>>().len() >= ids.len()
-    });
+    verdicts.read_until_verdicts_for(&ids, Duration::from_secs(120));
     let (in_a, in_b) = (
         scrape(&ma, "vigil_transactions_in_total"),
         scrape(&mb, "vigil_transactions_in_total"),
@@ -237,14 +267,24 @@ fn two_scorers_in_one_group_split_the_partitions_and_score_everything() {
     verdicts.read_for(Duration::from_secs(1));
 
     eprintln!("scorer A read {in_a} records ({parts_a} partitions), B {in_b} ({parts_b})");
-    assert!(in_a > 0.0 && in_b > 0.0, "both scorers worked: {in_a} / {in_b}");
-    assert_eq!(parts_a + parts_b, f64::from(PARTITIONS), "the partitions were split");
+    assert!(
+        in_a > 0.0 && in_b > 0.0,
+        "both scorers worked: {in_a} / {in_b}"
+    );
+    assert_eq!(
+        parts_a + parts_b,
+        f64::from(PARTITIONS),
+        "the partitions were split"
+    );
     assert!(parts_a >= 1.0 && parts_b >= 1.0);
     let reference = reference(&b, &names.transactions, txs.len());
     let per_tx = check_against_reference(&verdicts.records, &reference);
     assert_eq!(per_tx.len(), ids.len());
     let log_b = second.log_text();
-    assert!(log_b.contains("state rebuilt") || log_b.contains("rebuilding"), "{log_b}");
+    assert!(
+        log_b.contains("state rebuilt") || log_b.contains("rebuilding"),
+        "{log_b}"
+    );
 }
 
 #[test]
@@ -260,7 +300,9 @@ fn broker_restart_mid_stream_loses_nothing() {
     let mut serve = ServeSpec::new(&b, &names).start();
     {
         let mut verdicts = Reader::new(&b, &names.verdicts, false);
-        verdicts.read_until(Duration::from_secs(60), "1500 verdicts", |r| r.len() >= 1500);
+        verdicts.read_until(Duration::from_secs(60), "1500 verdicts", |r| {
+            r.len() >= 1500
+        });
     }
     broker.kill();
     std::thread::sleep(Duration::from_secs(2));
@@ -268,9 +310,7 @@ fn broker_restart_mid_stream_loses_nothing() {
     producer.join().expect("producer survived the outage");
     let ids: HashSet<&str> = txs.iter().map(|t| t.transaction_id.as_str()).collect();
     let mut verdicts = Reader::new(&b, &names.verdicts, false);
-    verdicts.read_until(Duration::from_secs(180), "a verdict for every transaction", |r| {
-        r.iter().map(|x| x.verdict().transaction_id).collect::<HashSet<_>>().len() >= ids.len()
-    });
+    verdicts.read_until_verdicts_for(&ids, Duration::from_secs(180));
     assert!(serve.terminate().success(), "{}", serve.log_text());
     let reference = reference(&b, &names.transactions, txs.len());
     let per_tx = check_against_reference(&verdicts.records, &reference);
@@ -303,38 +343,68 @@ fn hot_reload_under_load_switches_models_without_a_gap_and_refuses_a_bad_file() 
     spec.args = vec!["--set".into(), "model.poll_interval=100ms".into()];
     let mut serve = spec.start();
     let mut verdicts = Reader::new(&b, &names.verdicts, false);
-    verdicts.read_until(Duration::from_secs(60), "2000 verdicts", |r| r.len() >= 2000);
+    verdicts.read_until(Duration::from_secs(60), "2000 verdicts", |r| {
+        r.len() >= 2000
+    });
 
     // A truncated file: refused, the old model keeps serving.
     let bytes = std::fs::read(&path).expect("model bytes");
     let tmp = dir.path().join("partial.tmp");
     std::fs::write(&tmp, &bytes[..bytes.len() / 2]).expect("write");
     std::fs::rename(&tmp, &path).expect("rename");
-    wait_for("the bad file to be refused", Duration::from_secs(20), || {
-        serve.log_text().contains("model reload refused")
-    });
+    wait_for(
+        "the bad file to be refused",
+        Duration::from_secs(20),
+        || serve.log_text().contains("model reload refused"),
+    );
     let n = verdicts.records.len();
-    verdicts.read_until(Duration::from_secs(60), "verdicts after the bad file", |r| r.len() >= n + 1000);
+    verdicts.read_until(
+        Duration::from_secs(60),
+        "verdicts after the bad file",
+        |r| r.len() >= n + 1000,
+    );
 
     // A valid new model: swapped in while scoring continues.
     vigil::model::save(&path, &header, &old.forest).expect("save new model");
     producer.join().expect("producer");
     let ids: HashSet<&str> = txs.iter().map(|t| t.transaction_id.as_str()).collect();
-    verdicts.read_until(Duration::from_secs(120), "a verdict for every transaction", |r| {
-        r.iter().map(|x| x.verdict().transaction_id).collect::<HashSet<_>>().len() >= ids.len()
-    });
+    verdicts.read_until_verdicts_for(&ids, Duration::from_secs(120));
     assert!(serve.terminate().success());
-    assert!(serve.log_text().contains("model reloaded"), "{}", serve.log_text());
+    assert!(
+        serve.log_text().contains("model reloaded"),
+        "{}",
+        serve.log_text()
+    );
 
     let all: Vec<VerdictRecord> = verdicts.records.iter().map(Record::verdict).collect();
     let seen: HashSet<&str> = all.iter().map(|v| v.transaction_id.as_str()).collect();
-    assert_eq!(seen.len(), ids.len(), "no transaction lost during the reloads");
+    assert_eq!(
+        seen.len(),
+        ids.len(),
+        "no transaction lost during the reloads"
+    );
     let mut dlq = Reader::new(&b, &names.dlq, false);
-    assert!(dlq.read_for(Duration::from_millis(500)).is_empty(), "no failed transaction");
-    let olds = all.iter().filter(|v| v.model_version == old.header.version).count();
-    let news = all.iter().filter(|v| v.model_version == header.version).count();
-    assert_eq!(olds + news, all.len(), "every verdict names one of the two models");
-    assert!(olds >= 3000, "the old model served through the bad file: {olds}");
+    assert!(
+        dlq.read_for(Duration::from_millis(500)).is_empty(),
+        "no failed transaction"
+    );
+    let olds = all
+        .iter()
+        .filter(|v| v.model_version == old.header.version)
+        .count();
+    let news = all
+        .iter()
+        .filter(|v| v.model_version == header.version)
+        .count();
+    assert_eq!(
+        olds + news,
+        all.len(),
+        "every verdict names one of the two models"
+    );
+    assert!(
+        olds >= 3000,
+        "the old model served through the bad file: {olds}"
+    );
     assert!(news > 0, "the version switch is visible");
     // Per partition, in offset order: old, then new, never back.
     let mut by_part: HashMap<i32, Vec<&VerdictRecord>> = HashMap::new();
@@ -372,16 +442,31 @@ fn bad_configuration_is_refused_naming_the_key() {
         .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("session.timeout.ms"), "librdkafka names the property: {err}");
+    assert!(
+        err.contains("session.timeout.ms"),
+        "librdkafka names the property: {err}"
+    );
 }
 
+/// What this can prove on librdkafka's mock cluster: the transactional path works (init, begin,
+/// offsets sent to the transaction, commit), a crash mid-transaction leaves the committed
+/// offsets at the last transaction boundary, and the restarted scorer's output joined with the
+/// committed transactions has each verdict exactly once. What it cannot: the mock writes no
+/// transaction markers (its Fetch reports the last stable offset as the high watermark and no
+/// aborted transactions), so read_committed filtering of an aborted transaction's messages is
+/// not observable here; the crash is injected before the open transaction's messages leave the
+/// client.
 #[test]
-#[ignore = "needs the vigil binary and the mock cluster: scripts/test.sh runs it"]
 fn exactly_once_on_the_mock_cluster_survives_a_crash_mid_transaction() {
     let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
     let b = mock.bootstrap_servers();
     let names = Names::new("eos");
-    for t in [&names.transactions, &names.alerts, &names.verdicts, &names.dlq] {
+    for t in [
+        &names.transactions,
+        &names.alerts,
+        &names.verdicts,
+        &names.dlq,
+    ] {
         mock.create_topic(t, 2, 1).expect("topic");
     }
     let txs = sample(3000);
@@ -402,12 +487,20 @@ fn exactly_once_on_the_mock_cluster_survives_a_crash_mid_transaction() {
     let mut crashing = spec.start();
     let status = crashing.wait(Duration::from_secs(120));
     assert!(!status.success(), "the failpoint aborts the process");
-    assert!(crashing.log_text().contains("VIGIL_FAILPOINT_ABORT_AFTER"), "{}", crashing.log_text());
+    assert!(
+        crashing.log_text().contains("VIGIL_FAILPOINT_ABORT_AFTER"),
+        "{}",
+        crashing.log_text()
+    );
 
     spec.env.clear();
     let mut serve = spec.start();
     let mut committed = Reader::new(&b, &names.verdicts, true);
-    committed.read_until(Duration::from_secs(120), "every verdict, read_committed", |r| r.len() >= txs.len());
+    committed.read_until(
+        Duration::from_secs(120),
+        "every verdict, read_committed",
+        |r| r.len() >= txs.len(),
+    );
     committed.read_for(Duration::from_secs(2));
     assert!(serve.terminate().success(), "{}", serve.log_text());
     committed.read_for(Duration::from_secs(1));
@@ -417,12 +510,17 @@ fn exactly_once_on_the_mock_cluster_survives_a_crash_mid_transaction() {
         *per_tx.entry(r.verdict().transaction_id).or_default() += 1;
     }
     assert_eq!(per_tx.len(), txs.len(), "every transaction has a verdict");
-    assert!(per_tx.values().all(|&n| n == 1), "read_committed sees each verdict exactly once");
+    assert!(
+        per_tx.values().all(|&n| n == 1),
+        "read_committed sees each verdict exactly once"
+    );
     assert_eq!(committed.records.len(), txs.len());
 
-    // The crash really left an aborted transaction behind: read_uncommitted sees its verdicts.
-    let mut everything = Reader::new(&b, &names.verdicts, false);
-    everything.read_until(Duration::from_secs(30), "all verdict records", |r| r.len() > txs.len());
+    // The restart resumed at the last committed transaction's offsets (5 transactions of 200
+    // records were committed before the crash at record 1100), not from the start, and not
+    // past the open transaction.
+    let log = serve.log_text();
+    assert!(log.contains("records=2000 scored=2000"), "{log}");
     // And the committed verdicts equal an uninterrupted run.
     let reference = reference(&b, &names.transactions, txs.len());
     check_against_reference(&committed.records, &reference);
