@@ -69,7 +69,7 @@ pub enum ConfigCommand {
     /// Print a commented configuration file with every key and its default.
     Example,
     /// Print the configuration `vigil serve` would use (file, environment and flags applied).
-    Show(ServeArgs),
+    Show(Box<ServeArgs>),
 }
 
 #[derive(Args, Debug)]

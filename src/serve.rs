@@ -15,7 +15,7 @@
 //! `serve_with_shutdown(addr, shutdown.wait())`).
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
@@ -263,7 +263,7 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 
 fn watch_model(
     core: &ScoringCore,
-    path: &PathBuf,
+    path: &Path,
     watch: bool,
     every: Duration,
     forced: &Receiver<()>,
@@ -381,5 +381,47 @@ async fn http_server(
             let _ = conn.write_all(response.as_bytes()).await;
             let _ = conn.shutdown().await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn default_model_path() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.vgm")
+    }
+
+    #[test]
+    fn reload_refuses_bad_files_and_keeps_serving() {
+        let model = load_model(&default_model_path()).expect("shipped model");
+        let core = ScoringCore::new(Arc::clone(&model), 2, 16);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.vgm");
+
+        // Truncated file: refused, named, old model still serving.
+        let bytes = std::fs::read(default_model_path()).expect("bytes");
+        std::fs::write(&path, &bytes[..bytes.len() - 10]).expect("write");
+        let e = reload_model(&core, &path)
+            .expect_err("truncated")
+            .to_string();
+        assert!(e.contains("refused") && e.contains(&model.name()), "{e}");
+        assert_eq!(core.model().header.version, model.header.version);
+
+        // Same model again: nothing to do.
+        std::fs::write(&path, &bytes).expect("write");
+        assert!(reload_model(&core, &path).expect("valid").is_none());
+
+        // (A model reading other features is refused by `ScoringCore::replace_model`; its
+        // test is in `service`.)
+
+        // A real new version: swapped in.
+        let mut next = model.header.clone();
+        next.thresholds = crate::decision::Thresholds::new(0.2, 0.4).expect("thresholds");
+        next.version = crate::model::format::content_version(&next, &model.forest);
+        crate::model::save(&path, &next, &model.forest).expect("save");
+        let name = reload_model(&core, &path).expect("valid").expect("swapped");
+        assert!(name.ends_with(&next.version));
+        assert_eq!(core.model().header.version, next.version);
     }
 }

@@ -331,10 +331,24 @@ struct Emitter {
     source_topic: String,
     scored: Arc<AtomicU64>,
     abort_after: Option<u64>,
+    mode: Mode,
+}
+
+/// What the pipeline does with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Decode, score, publish the verdict (what `vigil serve` does).
+    Score,
+    /// Copy each record unchanged to the verdicts topic: the benchmark baseline, with the same
+    /// clients, threads, queues and commits as `Score` and no decoding or scoring.
+    PassThrough,
 }
 
 impl Emitter {
     fn emit(&self, job: Job) -> Result<(), StreamError> {
+        if self.mode == Mode::PassThrough {
+            return self.pass_through(job);
+        }
         let Job {
             slot,
             key,
@@ -441,6 +455,30 @@ impl Emitter {
         Ok(())
     }
 
+    fn pass_through(&self, job: Job) -> Result<(), StreamError> {
+        self.metrics.record_in();
+        let topic = self.verdicts.as_deref().unwrap_or(&self.alerts);
+        if let Some(t) = &self.tracker {
+            t.expect(job.slot, 1);
+        }
+        let ts = job.broker_ms.to_string();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: wire::HDR_SOURCE_TS,
+            value: Some(ts.as_bytes()),
+        });
+        let empty: &[u8] = &[];
+        let token = self.token(job.slot, job.broker_ms, -1, true);
+        let mut record = BaseRecord::with_opaque_to(topic, token)
+            .payload(job.payload.as_deref().unwrap_or(empty))
+            .headers(headers);
+        if let Some(k) = job.key.as_deref() {
+            record = record.key(k);
+        }
+        send(&self.producer, record)?;
+        self.scored.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn token(&self, slot: Slot, broker_ms: i64, event_ms: i64, primary: bool) -> Box<Token> {
         Box::new(Token {
             slot: self.tracker.as_ref().map(|_| slot),
@@ -486,6 +524,17 @@ pub fn run(
     core: Arc<ScoringCore>,
     shutdown: Shutdown,
     status: Arc<Status>,
+) -> Result<Summary, StreamError> {
+    run_mode(cfg, core, shutdown, status, Mode::Score)
+}
+
+/// [`run`] in a given [`Mode`] (the benchmark runs both).
+pub fn run_mode(
+    cfg: &Config,
+    core: Arc<ScoringCore>,
+    shutdown: Shutdown,
+    status: Arc<Status>,
+    mode: Mode,
 ) -> Result<Summary, StreamError> {
     let k = &cfg.kafka;
     let tracker = Arc::new(OffsetTracker::new());
@@ -536,6 +585,7 @@ pub fn run(
         source_topic: k.transactions_topic.clone(),
         scored: Arc::clone(&scored),
         abort_after: abort_after(),
+        mode,
     };
 
     // Scoring threads (at-least-once only).

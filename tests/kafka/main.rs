@@ -525,3 +525,74 @@ fn exactly_once_on_the_mock_cluster_survives_a_crash_mid_transaction() {
     let reference = reference(&b, &names.transactions, txs.len());
     check_against_reference(&committed.records, &reference);
 }
+
+#[test]
+#[ignore = "needs a tansu broker: scripts/test.sh runs it"]
+fn sighup_reloads_the_model_when_watching_is_off() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    let names = Names::new("hup");
+    names.create(&b, PARTITIONS);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("serving.vgm");
+    std::fs::copy(repo().join("models/default.vgm"), &path).expect("copy model");
+    let old = model();
+    let mut header = old.header.clone();
+    header.thresholds = vigil::decision::Thresholds::new(0.1, 0.3).expect("thresholds");
+    header.version = vigil::model::format::content_version(&header, &old.forest);
+
+    let metrics = free_addr();
+    let mut spec = ServeSpec::new(&b, &names);
+    spec.model = path.clone();
+    spec.metrics_addr = metrics.clone();
+    spec.args = vec!["--set".into(), "model.watch=false".into()];
+    let mut serve = spec.start();
+    let txs = sample(1000);
+    let inputs: Vec<Input> = txs.iter().map(Input::tx).collect();
+    produce(&b, &names.transactions, &inputs[..500], None);
+    let mut verdicts = Reader::new(&b, &names.verdicts, false);
+    verdicts.read_until(Duration::from_secs(60), "500 verdicts", |r| r.len() >= 500);
+    vigil::model::save(&path, &header, &old.forest).expect("save new model");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !serve.log_text().contains("model reloaded"),
+        "watching is off"
+    );
+    serve.signal("HUP");
+    wait_for("the reload", Duration::from_secs(20), || {
+        serve.log_text().contains("model reloaded")
+    });
+    let body = http_get(&metrics, "/metrics");
+    assert!(
+        body.contains(&format!(
+            "vigil_model_info{{model_id=\"{}\",version=\"{}\"}} 1",
+            header.model_id, header.version
+        )),
+        "{body}"
+    );
+    produce(&b, &names.transactions, &inputs[500..], None);
+    verdicts.read_until(Duration::from_secs(60), "1000 verdicts", |r| {
+        r.len() >= 1000
+    });
+    assert!(serve.terminate().success());
+    let all: Vec<VerdictRecord> = verdicts.records.iter().map(Record::verdict).collect();
+    let ids: HashSet<&str> = txs[500..]
+        .iter()
+        .map(|t| t.transaction_id.as_str())
+        .collect();
+    for v in all
+        .iter()
+        .filter(|v| ids.contains(v.transaction_id.as_str()))
+    {
+        assert_eq!(v.model_version, header.version, "produced after the reload");
+    }
+    for v in all
+        .iter()
+        .filter(|v| !ids.contains(v.transaction_id.as_str()))
+    {
+        assert_eq!(
+            v.model_version, old.header.version,
+            "produced before the reload"
+        );
+    }
+}
