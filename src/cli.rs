@@ -223,6 +223,17 @@ struct FeaturesArgs {
     out: PathBuf,
 }
 
+impl Cli {
+    /// Log filter without `RUST_LOG`: a service logs what it does; the other commands only
+    /// warnings (they print their own results).
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Serve(_) => "info,rdkafka=warn",
+            _ => "warn",
+        }
+    }
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(a) => cmd_generate(a),

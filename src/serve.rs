@@ -146,6 +146,7 @@ pub fn run(cfg: Config, opts: ServeOptions, shutdown: Shutdown) -> Result<()> {
         ));
     }
 
+    telemetry::model_serving(&model.header.model_id, &model.header.version, None);
     let (reload_tx, reload_rx) = sync_channel::<()>(1);
     if opts.signals {
         runtime.spawn(signals(shutdown.clone(), reload_tx.clone()));

@@ -80,6 +80,17 @@ fn every_record_ends_as_one_verdict_or_one_dead_letter_and_offsets_are_committed
         dlq.read_for(Duration::from_millis(100));
     }
     assert!(http_get(&metrics, "/readyz").contains("200 OK"));
+    let old = model();
+    assert_eq!(
+        scrape(
+            &metrics,
+            &format!(
+                "vigil_model_info{{model_id=\"{}\",version=\"{}\"}}",
+                old.header.model_id, old.header.version
+            )
+        ),
+        1.0
+    );
     assert!(http_get(&metrics, "/healthz").contains("200 OK"));
     assert_eq!(
         scrape(&metrics, "vigil_transactions_in_total"),
