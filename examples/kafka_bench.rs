@@ -34,6 +34,8 @@ use vigil::stream::{kafka, wire, Status};
 
 struct Args {
     brokers: String,
+    /// The broker's process id, to report its CPU time per phase.
+    broker_pid: Option<u32>,
     records: u64,
     partitions: u32,
     rounds: usize,
@@ -43,6 +45,7 @@ struct Args {
 fn args() -> Result<Args> {
     let mut a = Args {
         brokers: "127.0.0.1:9092".into(),
+        broker_pid: None,
         records: 200_000,
         partitions: 4,
         rounds: 2,
@@ -53,6 +56,7 @@ fn args() -> Result<Args> {
         let v = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--brokers" => a.brokers = v,
+            "--broker-pid" => a.broker_pid = Some(v.parse()?),
             "--records" => a.records = v.parse()?,
             "--partitions" => a.partitions = v.parse()?,
             "--rounds" => a.rounds = v.parse()?,
@@ -74,6 +78,19 @@ fn config(a: &Args, input: &str, group: &str, output: &str) -> Config {
     c.pipeline.commit_interval = "100ms".into();
     c.http.metrics_addr = String::new();
     c
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn committed_sum(consumer: &BaseConsumer, topic: &str, partitions: u32) -> i64 {
@@ -102,7 +119,7 @@ fn drain(
     input: &str,
     mode: Mode,
     tag: &str,
-) -> Result<f64> {
+) -> Result<(f64, f64, f64)> {
     let group = format!("bench-{tag}");
     let output = format!("bench-out-{tag}");
     let cfg = config(a, input, &group, &output);
@@ -129,6 +146,11 @@ fn drain(
         std::thread::sleep(Duration::from_millis(5));
     }
     let t0 = Instant::now();
+    let broker_pid = a.broker_pid.map(|p| p.to_string());
+    let cpu0 = (
+        cpu_seconds("self"),
+        broker_pid.as_deref().map_or(0.0, cpu_seconds),
+    );
     let mut last_print = Instant::now();
     loop {
         let done = committed_sum(&probe, input, a.partitions);
@@ -145,11 +167,14 @@ fn drain(
         std::thread::sleep(Duration::from_millis(20));
     }
     let secs = t0.elapsed().as_secs_f64();
+    let per = |c: f64| c * 1e6 / a.records as f64;
+    let own = per(cpu_seconds("self") - cpu0.0);
+    let broker = per(broker_pid.as_deref().map_or(0.0, cpu_seconds) - cpu0.1);
     shutdown.trigger();
     runner
         .join()
         .map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
-    Ok(a.records as f64 / secs)
+    Ok((a.records as f64 / secs, own, broker))
 }
 
 /// Runs `mode` on a fresh topic fed live at `rate`; returns (p50, p99, max) latency in ms.
@@ -284,8 +309,11 @@ fn main() -> Result<()> {
     let mut rates: HashMap<&str, Vec<f64>> = HashMap::new();
     for round in 0..a.rounds {
         for (name, mode) in [("pass-through", Mode::PassThrough), ("vigil", Mode::Score)] {
-            let r = drain(&a, &model, &input, mode, &format!("{name}-{round}-{tag}"))?;
-            println!("round {round}: {name:<12} {r:>9.0} records/s");
+            let (r, own, broker) =
+                drain(&a, &model, &input, mode, &format!("{name}-{round}-{tag}"))?;
+            println!(
+                "round {round}: {name:<12} {r:>9.0} records/s; CPU per record: pipeline {own:.1} us, broker {broker:.1} us"
+            );
             rates.entry(name).or_default().push(r);
         }
     }

@@ -10,5 +10,5 @@ trap 'scripts/tansu.sh stop "$dir"; rm -rf "$dir"' EXIT
 cargo build --release --locked --example kafka_bench
 brokers="$(scripts/tansu.sh start "$dir" "${TANSU_STORAGE:-memory}" | sed -n 's/^BROKERS=//p')"
 echo "tansu at $brokers (${TANSU_STORAGE:-memory} storage); load average: $(cut -d' ' -f1-3 /proc/loadavg)"
-target/release/examples/kafka_bench --brokers "$brokers" "$@"
+target/release/examples/kafka_bench --brokers "$brokers" --broker-pid "$(cat "$dir/pid")" "$@"
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
