@@ -306,7 +306,7 @@ pub fn cmd_demo(a: DemoArgs) -> Result<()> {
         .map_err(|(k, m)| anyhow::anyhow!("demo configuration: {k}: {m}"))?;
     println!(
         "vigil demo: mock Kafka cluster at {brokers}; replaying {} transactions from {} to `transactions`;\n\
-         scoring with {} (review >= {:.3}, decline >= {:.3}); alerts from the `alerts` topic below{}\n",
+         scoring with {} (review >= {:.3}, decline >= {:.3}); alerts (non-approve verdicts) below as they arrive{}\n",
         txs.len(),
         a.history.data.display(),
         model.name(),

@@ -371,6 +371,25 @@ mod tests {
     }
 
     #[test]
+    fn a_reset_partition_gets_the_labels_again() {
+        let core = ScoringCore::new(model(), 2, 16);
+        let t0 = 1_600_000_000_000;
+        let label = LabelEvent {
+            transaction_id: "t1".into(),
+            fraud: true,
+            known_at_ms: t0 + 10,
+        };
+        core.observe_label(&label);
+        let p = core.partition_of("card-a");
+        core.reset_partition(p);
+        // The label is still queued for the fresh state: it reaches the engine once the
+        // partition's event time passes known_at, after its transaction was added.
+        core.warm_in(p, &tx("t1", "card-a", t0, 10.0));
+        core.warm_in(p, &tx("t2", "card-a", t0 + 20, 10.0));
+        assert_eq!(core.stats(p).labels_applied, 1, "{:?}", core.stats(p));
+    }
+
+    #[test]
     fn alerts_reach_subscribers_and_lagging_ones_are_told() {
         let core = ScoringCore::new(model(), 1, 2);
         let mut rx = core.subscribe_alerts();

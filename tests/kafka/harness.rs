@@ -37,7 +37,8 @@ fn tansu_bin() -> PathBuf {
         "no tansu broker at {} (run scripts/test.sh, which installs it, or set TANSU_BIN)",
         bin.display()
     );
-    bin
+    // The broker runs in its own directory: a relative path would not resolve there.
+    bin.canonicalize().unwrap_or(bin)
 }
 
 fn free_port() -> u16 {

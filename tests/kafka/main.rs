@@ -607,3 +607,54 @@ fn sighup_reloads_the_model_when_watching_is_off() {
         );
     }
 }
+
+#[test]
+#[ignore = "needs a tansu broker: scripts/test.sh runs it"]
+fn the_labels_topic_feeds_the_scoring_core() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    let names = Names::new("labels");
+    names.create(&b, PARTITIONS);
+    let labels_topic = format!("labels-{}", names.group);
+    vigil::stream::kafka::ensure_topics(&b, &[&labels_topic], 1).expect("labels topic");
+    let txs = sample(300);
+    let mut labels: Vec<Input> = txs
+        .iter()
+        .filter_map(|t| t.label_event(7 * 86_400_000))
+        .map(|l| Input {
+            key: Some(l.transaction_id.as_bytes().to_vec()),
+            payload: Some(wire::encode_label(&l)),
+        })
+        .collect();
+    let valid = labels.len();
+    labels.push(Input {
+        key: None,
+        payload: Some(b"{\"fraud\": 1}".to_vec()),
+    });
+    produce(&b, &labels_topic, &labels, None);
+
+    let metrics = free_addr();
+    let mut spec = ServeSpec::new(&b, &names);
+    spec.metrics_addr = metrics.clone();
+    spec.args = vec!["--labels-topic".into(), labels_topic.clone()];
+    let mut serve = spec.start();
+    wait_for("every label read", Duration::from_secs(60), || {
+        scrape(&metrics, "vigil_labels_in_total{result=\"ok\"}") >= valid as f64
+    });
+    assert_eq!(
+        scrape(&metrics, "vigil_labels_in_total{result=\"ok\"}"),
+        valid as f64
+    );
+    assert_eq!(
+        scrape(&metrics, "vigil_labels_in_total{result=\"invalid\"}"),
+        1.0
+    );
+    // Transactions are still scored next to the labels feed.
+    let inputs: Vec<Input> = txs.iter().map(Input::tx).collect();
+    produce(&b, &names.transactions, &inputs, None);
+    let mut verdicts = Reader::new(&b, &names.verdicts, false);
+    verdicts.read_until(Duration::from_secs(60), "every verdict", |r| {
+        r.len() >= txs.len()
+    });
+    assert!(serve.terminate().success(), "{}", serve.log_text());
+}
