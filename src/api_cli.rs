@@ -15,16 +15,17 @@ use vigil::api::load::{LoadOptions, RequestStream};
 use vigil::api::{self, convert, pb, ApiConfig, ApiSettings, CoreSlot};
 use vigil::model;
 use vigil::record::{self, format_timestamp, RawTransaction, ReadOptions};
-use vigil::service::{ScoringCore, DEFAULT_ALERT_BUFFER};
+use vigil::service::ScoringCore;
 
 /// The gRPC API's flags (each is also an `[grpc]` key of the service config: the flag minus
 /// `--grpc-`, dashes as underscores; and an environment variable: `VIGIL_` and the flag in
 /// capitals, e.g. `VIGIL_GRPC_MAX_BATCH`).
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
-    /// Address the gRPC API listens on (HOST:PORT; port 0 picks a free one).
-    #[arg(long, env = "VIGIL_GRPC_ADDR", default_value = api::config::DEFAULT_ADDR)]
-    pub grpc_addr: String,
+    /// Address the gRPC API listens on (HOST:PORT; port 0 picks a free one). With Kafka the
+    /// API is served only when this is given; with --no-kafka it defaults to 127.0.0.1:50051.
+    #[arg(long, env = "VIGIL_GRPC_ADDR")]
+    pub grpc_addr: Option<String>,
     /// Server certificate chain (PEM): serve TLS only.
     #[arg(long, env = "VIGIL_GRPC_TLS_CERT", requires = "grpc_tls_key")]
     pub grpc_tls_cert: Option<PathBuf>,
@@ -63,7 +64,7 @@ pub struct ApiArgs {
 impl ApiArgs {
     pub fn config(&self) -> ApiConfig {
         ApiConfig {
-            addr: self.grpc_addr.clone(),
+            addr: self.addr(),
             tls_cert: self.grpc_tls_cert.clone(),
             tls_key: self.grpc_tls_key.clone(),
             tls_client_ca: self.grpc_tls_client_ca.clone(),
@@ -78,6 +79,13 @@ impl ApiArgs {
         }
     }
 
+    /// The listen address (the default when none was given).
+    pub fn addr(&self) -> String {
+        self.grpc_addr
+            .clone()
+            .unwrap_or_else(|| api::config::DEFAULT_ADDR.to_string())
+    }
+
     /// The checked settings; an error names the flag.
     pub fn settings(&self) -> Result<ApiSettings> {
         self.config()
@@ -86,27 +94,39 @@ impl ApiArgs {
     }
 }
 
-#[derive(Args, Debug)]
-pub struct ServeArgs {
-    /// Serve the gRPC API alone, without a Kafka consumer (the Kafka path is `vigil serve`
-    /// without this flag, issue #3).
-    #[arg(long)]
-    pub no_kafka: bool,
-    /// Model file.
-    #[arg(long, default_value = "models/default.vgm")]
+/// `vigil serve --no-kafka`: the gRPC API alone.
+pub struct GrpcOnly {
     pub model: PathBuf,
-    /// Partitions of window state (as many as the transactions topic has, so that a card's
-    /// state is where the Kafka path would put it).
-    #[arg(long, default_value_t = 1)]
     pub partitions: u32,
-    /// Alerts buffered per StreamAlerts subscriber before a slow one starts skipping.
-    #[arg(long, default_value_t = DEFAULT_ALERT_BUFFER)]
     pub alert_buffer: usize,
-    /// Worker threads of the server runtime (default: one per core).
-    #[arg(long)]
     pub threads: Option<usize>,
-    #[command(flatten)]
     pub api: ApiArgs,
+}
+
+/// The gRPC server as an extra task of the Kafka `vigil serve` (same core, same shutdown).
+pub fn grpc_task(api_args: ApiArgs) -> Result<vigil::serve::ExtraTask> {
+    let settings = api_args.settings()?;
+    let addr = api_args.addr();
+    Ok(Box::new(move |core, shutdown| {
+        Box::pin(async move {
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("--grpc-addr {addr}: cannot listen"))?;
+            let local = listener.local_addr()?;
+            eprintln!("gRPC API listening on {local}");
+            if settings.tokens.is_empty() && !local.ip().is_loopback() {
+                tracing::warn!(
+                    "the gRPC API accepts calls from the network without authentication"
+                );
+            }
+            api::serve(CoreSlot::with(core), settings, listener, async move {
+                shutdown.wait().await
+            })
+            .await
+            .context("gRPC server stopped")?;
+            Ok(())
+        })
+    }))
 }
 
 fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {
@@ -146,22 +166,17 @@ async fn shutdown_signal() {
     }
 }
 
-pub fn cmd_serve(a: ServeArgs) -> Result<()> {
-    if !a.no_kafka {
-        bail!(
-            "this build serves gRPC only: pass --no-kafka (the Kafka consumer is issue #3's \
-             `vigil serve`)"
-        );
-    }
+pub fn cmd_serve_grpc_only(a: GrpcOnly) -> Result<()> {
     if a.partitions == 0 {
         bail!("--partitions must be at least 1");
     }
     let settings = a.api.settings()?;
     let rt = runtime(a.threads)?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&a.api.grpc_addr)
+        let addr = a.api.addr();
+        let listener = tokio::net::TcpListener::bind(&addr)
             .await
-            .with_context(|| format!("--grpc-addr {}: cannot listen", a.api.grpc_addr))?;
+            .with_context(|| format!("--grpc-addr {addr}: cannot listen"))?;
         let local = listener.local_addr()?;
         let tls = if settings.tls.is_some() {
             "TLS"

@@ -2,27 +2,28 @@
 //! `anyhow` with context naming the file or flag at fault.
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+
+use crate::cli_stream;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use vigil::decision::{Decision, Thresholds};
+use vigil::decision::Thresholds;
 use vigil::features::FeatureSpec;
 use vigil::forest::train::{ClassWeight, MaxFeatures, RandomForestParams};
 use vigil::generate::{self, GeneratorConfig};
 use vigil::model;
 use vigil::pipeline::{self, parse_instant, Period, Reporter, SplitSpec};
 use vigil::record::{self, format_timestamp, History, ReadOptions, Transaction};
-use vigil::scorer::Scorer;
 
 const DEFAULT_SPEC: &str = "training/features.toml";
-const DEFAULT_MODEL: &str = "models/default.vgm";
-const DEFAULT_DATA: &str = "data/sample.csv";
+pub(crate) const DEFAULT_MODEL: &str = "models/default.vgm";
+pub(crate) const DEFAULT_DATA: &str = "data/sample.csv";
 
 /// vigil: real-time fraud scoring with sliding-window features and random forests.
 #[derive(Parser, Debug)]
@@ -47,10 +48,21 @@ enum Command {
         #[command(subcommand)]
         command: ModelCommand,
     },
-    /// Replay a history through the in-process scorer, showing alerts with reasons as they happen.
-    Demo(DemoArgs),
-    /// Run the scoring service (here: the gRPC API alone, with --no-kafka).
-    Serve(Box<crate::api_cli::ServeArgs>),
+    /// The whole streaming pipeline on an in-process Kafka mock cluster: the sample history is
+    /// replayed to `transactions`, scored, and alerts are shown with reasons as they arrive.
+    Demo(cli_stream::DemoArgs),
+    /// Score the transactions topic of a Kafka cluster: verdicts to `alerts` (and `verdicts`),
+    /// dead letters to `transactions.dlq`; /metrics, /healthz, /readyz over HTTP; with
+    /// `--grpc-addr`, the gRPC API on the same state; with `--no-kafka`, the gRPC API alone.
+    Serve(Box<cli_stream::ServeArgs>),
+    /// Configuration of `vigil serve`.
+    Config {
+        #[command(subcommand)]
+        command: Box<cli_stream::ConfigCommand>,
+    },
+    /// Produce a history file to a Kafka topic in event-time order, optionally at a fixed rate
+    /// (also the load generator).
+    Replay(cli_stream::ReplayArgs),
     /// Score a transaction (JSON) with a running server and print the verdict.
     Score(crate::api_cli::ScoreArgs),
     /// Load-test a server's Score call: throughput, or latency at a fixed rate.
@@ -95,13 +107,13 @@ struct GenerateArgs {
 }
 
 #[derive(Args, Debug)]
-struct HistoryArgs {
+pub(crate) struct HistoryArgs {
     /// History CSV (header row; transaction_id, timestamp, card_id, merchant_id, amount required).
     #[arg(long, default_value = DEFAULT_DATA)]
-    data: PathBuf,
+    pub(crate) data: PathBuf,
     /// Count and report invalid rows instead of stopping at the first.
     #[arg(long)]
-    skip_invalid: bool,
+    pub(crate) skip_invalid: bool,
 }
 
 #[derive(Args, Debug)]
@@ -216,16 +228,15 @@ struct FeaturesArgs {
     out: PathBuf,
 }
 
-#[derive(Args, Debug)]
-struct DemoArgs {
-    /// Model file.
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    model: PathBuf,
-    #[command(flatten)]
-    history: HistoryArgs,
-    /// Show at most this many alerts (all are counted).
-    #[arg(long, default_value_t = 25)]
-    show: usize,
+impl Cli {
+    /// Log filter without `RUST_LOG`: a service logs what it does; the other commands only
+    /// warnings (they print their own results).
+    pub fn default_log_filter(&self) -> &'static str {
+        match self.command {
+            Command::Serve(_) => "info,rdkafka=warn",
+            _ => "warn",
+        }
+    }
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -237,8 +248,10 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Model {
             command: ModelCommand::Inspect { model, json },
         } => cmd_inspect(&model, json),
-        Command::Demo(a) => cmd_demo(a),
-        Command::Serve(a) => crate::api_cli::cmd_serve(*a),
+        Command::Demo(a) => cli_stream::cmd_demo(a),
+        Command::Serve(a) => cli_stream::cmd_serve(*a),
+        Command::Config { command } => cli_stream::cmd_config(*command),
+        Command::Replay(a) => cli_stream::cmd_replay(a),
         Command::Score(a) => crate::api_cli::cmd_score(a),
         Command::LoadGrpc(a) => crate::api_cli::cmd_load(a),
     }
@@ -246,12 +259,12 @@ pub fn run(cli: Cli) -> Result<()> {
 
 /// Progress bars on stderr (hidden when stderr is not a terminal, e.g. in CI logs, where a line
 /// per stage is printed instead).
-struct Bars {
+pub(crate) struct Bars {
     bar: std::sync::Mutex<Option<(ProgressBar, Instant, String)>>,
 }
 
 impl Bars {
-    fn new() -> Bars {
+    pub(crate) fn new() -> Bars {
         Bars {
             bar: std::sync::Mutex::new(None),
         }
@@ -305,7 +318,7 @@ fn parse_span(flag: &str, s: &str) -> Result<i64> {
         .ok_or_else(|| anyhow::anyhow!("{flag} `{s}` is not a duration (examples: 30m, 12h, 7d)"))
 }
 
-fn read_history(h: &HistoryArgs, bars: &Bars) -> Result<History> {
+pub(crate) fn read_history(h: &HistoryArgs, bars: &Bars) -> Result<History> {
     let size = std::fs::metadata(&h.data)
         .with_context(|| format!("cannot read history file {}", h.data.display()))?
         .len();
@@ -694,86 +707,5 @@ fn cmd_inspect(path: &Path, json: bool) -> Result<()> {
         println!("\nevaluation on the test period:\n{ev}");
     }
     println!("\nfeatures: {}", h.feature_names.join(", "));
-    Ok(())
-}
-
-fn cmd_demo(a: DemoArgs) -> Result<()> {
-    let model = Arc::new(
-        model::load(&a.model, None)
-            .with_context(|| format!("cannot use model {}", a.model.display()))?,
-    );
-    let bars = Bars::new();
-    let history = read_history(&a.history, &bars)?;
-    println!(
-        "scoring {} transactions from {} with model {} (review >= {:.3}, decline >= {:.3})\n",
-        history.transactions.len(),
-        a.history.data.display(),
-        model.name(),
-        model.header.thresholds.review,
-        model.header.thresholds.decline
-    );
-    let mut scorer = Scorer::new(model.clone());
-    let (mut shown, mut review, mut decline, mut caught, mut frauds) =
-        (0usize, 0u64, 0u64, 0u64, 0u64);
-    let started = Instant::now();
-    // Labels are fed back as they would arrive online: when they become known.
-    let mut labels = vigil::features::LabelSchedule::new(model.spec.label_latency_ms());
-    let mut out = std::io::stdout().lock();
-    for tx in &history.transactions {
-        for label in labels.due(tx.timestamp_ms) {
-            scorer.observe_label(&label);
-        }
-        labels.push(tx);
-        let (v, _) = scorer.score(tx);
-        let fraud = tx.label == Some(true);
-        frauds += fraud as u64;
-        match v.decision {
-            Decision::Approve => continue,
-            Decision::Review => review += 1,
-            Decision::Decline => decline += 1,
-        }
-        caught += fraud as u64;
-        if shown < a.show {
-            shown += 1;
-            let reasons: Vec<String> = v
-                .reasons
-                .iter()
-                .map(|r| format!("{}={:.4} (+{:.3})", r.feature, r.value, r.contribution))
-                .collect();
-            writeln!(
-                out,
-                "{} {:<7} score {:.3} tx {} card {} {:>9.2} [{}] because {}",
-                format_timestamp(v.event_time_ms),
-                v.decision.as_str(),
-                v.score,
-                v.transaction_id,
-                v.card_id,
-                tx.amount,
-                if fraud { "fraud" } else { "legit" },
-                reasons.join(", ")
-            )?;
-        }
-    }
-    if !model.header.training.train_to.is_empty() {
-        writeln!(
-            out,
-            "\nnote: rows before {} were this model's training data; later ones are unseen",
-            model.header.training.train_to
-        )?;
-    }
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    let n = history.transactions.len() as f64;
-    writeln!(
-        out,
-        "\n{} transactions in {:.2}s ({:.0}/s, {:.2} us each including reasons): {} review, {} decline; {} of {} frauds flagged",
-        n,
-        secs,
-        n / secs,
-        secs * 1e6 / n,
-        review,
-        decline,
-        caught,
-        frauds
-    )?;
     Ok(())
 }

@@ -22,8 +22,16 @@
 //!   ends: per-partition state, hot-swappable model, alert fan-out (no I/O).
 //! - [`api`]: the gRPC API over that core (`vigil.v1.Scoring`, health, reflection, TLS, tokens,
 //!   limits) and its load generator; the only module that knows protobuf.
+//! - [`stream`]: the Kafka front end (consume, score, produce verdicts and dead letters, commit
+//!   acknowledged offsets, rebuild state on assignment, labels feed, replay).
+//! - [`serve`]: `vigil serve` as a library call: config, model (hot reload), Kafka pipeline,
+//!   HTTP endpoints, signals, extra tasks (the gRPC server) on one shutdown signal.
+//! - [`config`]: the `vigil serve` configuration (file, environment, flags).
+//! - [`telemetry`]: metric names and the events that emit them.
+//! - [`shutdown`]: the shutdown signal shared by threads and tasks.
 
 pub mod api;
+pub mod config;
 pub mod decision;
 pub mod eval;
 pub mod features;
@@ -34,4 +42,8 @@ pub mod partition;
 pub mod pipeline;
 pub mod record;
 pub mod scorer;
+pub mod serve;
 pub mod service;
+pub mod shutdown;
+pub mod stream;
+pub mod telemetry;

@@ -47,6 +47,10 @@ use crate::scorer::{Scorer, SpecMismatch, Verdict};
 /// Default capacity of the alert fan-out, in alerts per subscriber.
 pub const DEFAULT_ALERT_BUFFER: usize = 4096;
 
+/// How many of the latest labels the core remembers to give a partition whose state is reset
+/// and rebuilt (see [`ScoringCore::reset_partition`]).
+pub const LABEL_MEMORY: usize = 1 << 20;
+
 /// A verdict and how the feature engine placed its transaction.
 #[derive(Debug, Clone)]
 pub struct Scored {
@@ -84,6 +88,9 @@ pub struct ScoringCore {
     generation: AtomicU64,
     shards: Box<[Mutex<Shard>]>,
     alerts: broadcast::Sender<Arc<Verdict>>,
+    /// The latest labels (at most [`LABEL_MEMORY`]), queued again for a partition that is reset,
+    /// so a rebuild replays its transactions with the labels it had.
+    labels: Mutex<std::collections::VecDeque<LabelEvent>>,
 }
 
 impl ScoringCore {
@@ -100,6 +107,7 @@ impl ScoringCore {
             generation: AtomicU64::new(0),
             shards,
             alerts,
+            labels: Mutex::new(std::collections::VecDeque::new()),
         }
     }
 
@@ -245,19 +253,36 @@ impl ScoringCore {
     /// Queues a label for every partition (the one holding its transaction applies it when its
     /// event time reaches the label's `known_at`; the others ignore it).
     pub fn observe_label(&self, label: &LabelEvent) {
+        {
+            let mut log = self.labels.lock().unwrap_or_else(|e| e.into_inner());
+            if log.len() >= LABEL_MEMORY {
+                log.pop_front();
+            }
+            log.push_back(label.clone());
+        }
         for p in 0..self.partitions() {
             self.shard(p).labels.push_label(label.clone());
         }
     }
 
-    /// Drops a partition's state (its window state and pending labels): before rebuilding it
-    /// from the topic, or when the partition is revoked.
+    /// Drops a partition's window state, before rebuilding it from the topic. The labels the
+    /// core has seen (the latest [`LABEL_MEMORY`]) are queued again, so the rebuilt state gets
+    /// each one when its event time reaches the label's `known_at`.
     pub fn reset_partition(&self, partition: u32) {
         let model = self.model();
         let generation = self.generation.load(Ordering::Acquire);
         let i = (partition as usize).min(self.shards.len() - 1);
+        let mut fresh = Self::fresh_shard(&model, generation);
+        for label in self.labels.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            fresh.labels.push_label(label.clone());
+        }
         let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
-        *shard = Self::fresh_shard(&model, generation);
+        *shard = fresh;
+    }
+
+    /// The event-time watermark of a partition's state (`None` before its first transaction).
+    pub fn watermark_ms(&self, partition: u32) -> Option<i64> {
+        self.shard(partition).scorer.engine().watermark_ms()
     }
 
     /// Engine counters of one partition.
@@ -350,6 +375,25 @@ mod tests {
         other_spec.header.feature_fingerprint = "different".into();
         assert!(core.replace_model(Arc::new(other_spec)).is_err());
         assert_eq!(core.model().header.version, "v2");
+    }
+
+    #[test]
+    fn a_reset_partition_gets_the_labels_again() {
+        let core = ScoringCore::new(model(), 2, 16);
+        let t0 = 1_600_000_000_000;
+        let label = LabelEvent {
+            transaction_id: "t1".into(),
+            fraud: true,
+            known_at_ms: t0 + 10,
+        };
+        core.observe_label(&label);
+        let p = core.partition_of("card-a");
+        core.reset_partition(p);
+        // The label is still queued for the fresh state: it reaches the engine once the
+        // partition's event time passes known_at, after its transaction was added.
+        core.warm_in(p, &tx("t1", "card-a", t0, 10.0));
+        core.warm_in(p, &tx("t2", "card-a", t0 + 20, 10.0));
+        assert_eq!(core.stats(p).labels_applied, 1, "{:?}", core.stats(p));
     }
 
     #[test]

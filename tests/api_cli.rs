@@ -183,9 +183,10 @@ fn tokens_from_an_environment_variable_are_required() {
 
 #[test]
 fn bad_flags_are_named() {
+    // State partitions are the topic's with Kafka; choosing them needs --no-kafka.
     let err = stderr_of({
         let mut c = vigil();
-        c.args(["serve", "--grpc-addr", "127.0.0.1:0"]);
+        c.args(["serve", "--partitions", "4", "--grpc-addr", "127.0.0.1:0"]);
         c
     });
     assert!(err.contains("--no-kafka"), "{err}");

@@ -214,7 +214,11 @@ fn bad_history_rows_name_file_line_column_and_value() {
 #[test]
 fn shipped_default_model_serves_the_sample() {
     let mut c = vigil();
-    c.args(["demo", "--show", "3"]);
+    c.args(["demo", "--show", "3", "--metrics-addr", ""]);
     let out = ok(c);
-    assert!(out.contains("transactions in"), "{out}");
+    assert!(
+        out.contains("40000 transactions") && out.contains("through Kafka"),
+        "{out}"
+    );
+    assert!(out.contains("40000 verdicts"), "{out}");
 }

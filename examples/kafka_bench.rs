@@ -1,0 +1,336 @@
+//! The Kafka path's benchmark (BENCHMARKS.md, "Kafka path"): `scripts/bench_kafka.sh` starts a
+//! tansu broker and runs this.
+//!
+//! 1. Generates a history of `--records` transactions and produces it to an input topic.
+//! 2. Throughput, `--rounds` times alternately: the pipeline in pass-through mode (each record
+//!    copied to an output topic: same clients, threads, queues and acknowledged-offset commits,
+//!    no decoding or scoring) and in scoring mode (what `vigil serve` runs), each with a fresh
+//!    consumer group draining the whole input topic. Time runs from the partitions being
+//!    assigned to the group's committed offsets covering every record (so every output was
+//!    acknowledged by the broker).
+//! 3. Latency: vigil (and then the pass-through) on a fresh topic fed live at half vigil's
+//!    measured throughput for `--latency-seconds`; a reader of the output topic takes
+//!    receive time minus the input record's broker timestamp (carried in a header).
+//!
+//! `cargo run --release --example kafka_bench -- --brokers 127.0.0.1:9092 [--records 200000]
+//!  [--partitions 4] [--rounds 2] [--latency-seconds 10]`
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use vigil::config::Config;
+use vigil::service::ScoringCore;
+use vigil::shutdown::Shutdown;
+use vigil::stream::pipeline::{run_mode, Mode};
+use vigil::stream::replay::{replay, ReplayOptions};
+use vigil::stream::{kafka, wire, Status};
+
+struct Args {
+    brokers: String,
+    /// The broker's process id, to report its CPU time per phase.
+    broker_pid: Option<u32>,
+    records: u64,
+    partitions: u32,
+    rounds: usize,
+    latency_seconds: f64,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        brokers: "127.0.0.1:9092".into(),
+        broker_pid: None,
+        records: 200_000,
+        partitions: 4,
+        rounds: 2,
+        latency_seconds: 10.0,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--brokers" => a.brokers = v,
+            "--broker-pid" => a.broker_pid = Some(v.parse()?),
+            "--records" => a.records = v.parse()?,
+            "--partitions" => a.partitions = v.parse()?,
+            "--rounds" => a.rounds = v.parse()?,
+            "--latency-seconds" => a.latency_seconds = v.parse()?,
+            _ => bail!("unknown flag {flag}"),
+        }
+    }
+    Ok(a)
+}
+
+fn config(a: &Args, input: &str, group: &str, output: &str) -> Config {
+    let mut c = Config::default();
+    c.kafka.brokers = a.brokers.clone();
+    c.kafka.group = group.into();
+    c.kafka.transactions_topic = input.into();
+    c.kafka.verdicts_topic = output.into();
+    c.kafka.alerts_topic = format!("{output}.alerts");
+    c.kafka.dlq_topic = format!("{output}.dlq");
+    c.pipeline.commit_interval = "100ms".into();
+    c.http.metrics_addr = String::new();
+    c
+}
+
+/// CPU seconds (user + system) a process has used so far, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn committed_sum(consumer: &BaseConsumer, topic: &str, partitions: u32) -> i64 {
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition(topic, p);
+    }
+    consumer
+        .committed_offsets(tpl, Duration::from_secs(5))
+        .map(|t| {
+            t.elements()
+                .iter()
+                .filter_map(|e| match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Drains `input` with a fresh group in `mode`; returns records per second.
+fn drain(
+    a: &Args,
+    model: &Arc<vigil::model::Model>,
+    input: &str,
+    mode: Mode,
+    tag: &str,
+) -> Result<(f64, f64, f64)> {
+    let group = format!("bench-{tag}");
+    let output = format!("bench-out-{tag}");
+    let cfg = config(a, input, &group, &output);
+    kafka::ensure_topics(
+        &a.brokers,
+        &[&output, &cfg.kafka.alerts_topic, &cfg.kafka.dlq_topic],
+        a.partitions,
+    )?;
+    let core = Arc::new(ScoringCore::new(Arc::clone(model), a.partitions, 16));
+    let (shutdown, status) = (Shutdown::new(), Arc::new(Status::default()));
+    let runner = {
+        let (cfg, shutdown, status) = (cfg.clone(), shutdown.clone(), Arc::clone(&status));
+        std::thread::spawn(move || run_mode(&cfg, core, shutdown, status, mode))
+    };
+    let probe: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &a.brokers)
+        .set("group.id", &group)
+        .create()?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !status.assigned.load(Ordering::Acquire) {
+        if Instant::now() > deadline || runner.is_finished() {
+            bail!("{tag}: partitions never assigned");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let t0 = Instant::now();
+    let broker_pid = a.broker_pid.map(|p| p.to_string());
+    let cpu0 = (
+        cpu_seconds("self"),
+        broker_pid.as_deref().map_or(0.0, cpu_seconds),
+    );
+    let mut last_print = Instant::now();
+    loop {
+        let done = committed_sum(&probe, input, a.partitions);
+        if done >= a.records as i64 {
+            break;
+        }
+        if Instant::now() > deadline || runner.is_finished() {
+            bail!("{tag}: stopped at {done} of {}", a.records);
+        }
+        if last_print.elapsed() > Duration::from_secs(2) {
+            last_print = Instant::now();
+            eprintln!("  {tag}: {done}/{} committed", a.records);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let per = |c: f64| c * 1e6 / a.records as f64;
+    let own = per(cpu_seconds("self") - cpu0.0);
+    let broker = per(broker_pid.as_deref().map_or(0.0, cpu_seconds) - cpu0.1);
+    shutdown.trigger();
+    runner
+        .join()
+        .map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
+    Ok((a.records as f64 / secs, own, broker))
+}
+
+/// Runs `mode` on a fresh topic fed live at `rate`; returns (p50, p99, max) latency in ms.
+fn latency(
+    a: &Args,
+    model: &Arc<vigil::model::Model>,
+    history: &[vigil::record::Transaction],
+    mode: Mode,
+    rate: f64,
+    tag: &str,
+) -> Result<(f64, f64, f64, usize)> {
+    let input = format!("bench-live-{tag}");
+    kafka::ensure_topics(&a.brokers, &[&input], a.partitions)?;
+    let group = format!("bench-{tag}");
+    let output = format!("bench-out-{tag}");
+    let cfg = config(a, &input, &group, &output);
+    kafka::ensure_topics(
+        &a.brokers,
+        &[&output, &cfg.kafka.alerts_topic, &cfg.kafka.dlq_topic],
+        a.partitions,
+    )?;
+    let core = Arc::new(ScoringCore::new(Arc::clone(model), a.partitions, 16));
+    let (shutdown, status) = (Shutdown::new(), Arc::new(Status::default()));
+    let runner = {
+        let (cfg, shutdown, status) = (cfg.clone(), shutdown.clone(), Arc::clone(&status));
+        std::thread::spawn(move || run_mode(&cfg, core, shutdown, status, mode))
+    };
+    while !status.assigned.load(Ordering::Acquire) {
+        if runner.is_finished() {
+            bail!("{tag}: pipeline stopped");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let n = ((rate * a.latency_seconds) as usize).min(history.len());
+    let reader: BaseConsumer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", &a.brokers)
+        .set("group.id", format!("bench-reader-{tag}"))
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..a.partitions as i32 {
+        tpl.add_partition_offset(&output, p, Offset::Beginning)?;
+    }
+    reader.assign(&tpl)?;
+    let producer = {
+        let opts = ReplayOptions {
+            brokers: a.brokers.clone(),
+            topic: input.clone(),
+            labels_topic: None,
+            label_latency_ms: 0,
+            rate: Some(rate),
+            producer: Vec::new(),
+        };
+        let txs = history[..n].to_vec();
+        std::thread::spawn(move || replay(&txs, &opts, &Shutdown::new(), |_| {}))
+    };
+    let mut lat: Vec<f64> = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs_f64(a.latency_seconds * 3.0 + 60.0);
+    while lat.len() < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = reader.poll(Duration::from_millis(50)) {
+            let now = wire::now_ms();
+            let src = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|x| x.key == wire::HDR_SOURCE_TS)
+                    .and_then(|x| std::str::from_utf8(x.value?).ok()?.parse::<i64>().ok())
+            });
+            if let Some(ts) = src {
+                lat.push((now - ts) as f64);
+            }
+        }
+    }
+    producer
+        .join()
+        .map_err(|_| anyhow::anyhow!("producer panicked"))??;
+    shutdown.trigger();
+    runner
+        .join()
+        .map_err(|_| anyhow::anyhow!("pipeline panicked"))??;
+    if lat.len() < n {
+        bail!("{tag}: only {} of {n} outputs seen", lat.len());
+    }
+    lat.sort_by(f64::total_cmp);
+    let q = |f: f64| lat[((lat.len() as f64 - 1.0) * f).round() as usize];
+    Ok((q(0.5), q(0.99), q(1.0), lat.len()))
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let model = Arc::new(vigil::model::load(
+        std::path::Path::new("models/default.vgm"),
+        None,
+    )?);
+
+    eprintln!("generating {} transactions ...", a.records);
+    let dir = tempfile::tempdir()?;
+    let csv = dir.path().join("history.csv");
+    let gen = vigil::generate::GeneratorConfig {
+        rows: a.records,
+        seed: 11,
+        cards: Some((a.records / 40).max(1000)),
+        ..Default::default()
+    };
+    vigil::generate::generate(
+        &gen,
+        std::io::BufWriter::new(std::fs::File::create(&csv)?),
+        &mut |_| {},
+    )?;
+    let mut history = vigil::record::read_history(&csv, Default::default())?;
+    history.sort_by_time();
+    let txs = history.transactions;
+
+    let input = format!("bench-in-{tag}");
+    kafka::ensure_topics(&a.brokers, &[&input], a.partitions)?;
+    let opts = ReplayOptions {
+        brokers: a.brokers.clone(),
+        topic: input.clone(),
+        labels_topic: None,
+        label_latency_ms: 0,
+        rate: None,
+        producer: Vec::new(),
+    };
+    let loaded = replay(&txs, &opts, &Shutdown::new(), |_| {})?;
+    println!(
+        "loaded {} records into {input} ({} partitions) in {:.1}s ({:.0}/s)",
+        loaded.acknowledged,
+        a.partitions,
+        loaded.seconds,
+        loaded.acknowledged as f64 / loaded.seconds
+    );
+
+    let mut rates: HashMap<&str, Vec<f64>> = HashMap::new();
+    for round in 0..a.rounds {
+        for (name, mode) in [("pass-through", Mode::PassThrough), ("vigil", Mode::Score)] {
+            let (r, own, broker) =
+                drain(&a, &model, &input, mode, &format!("{name}-{round}-{tag}"))?;
+            println!(
+                "round {round}: {name:<12} {r:>9.0} records/s; CPU per record: pipeline {own:.1} us, broker {broker:.1} us"
+            );
+            rates.entry(name).or_default().push(r);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (pt, vg) = (mean(&rates["pass-through"]), mean(&rates["vigil"]));
+    println!(
+        "throughput: pass-through {pt:.0}/s, vigil {vg:.0}/s: vigil = {:.1} % of the pass-through",
+        100.0 * vg / pt
+    );
+
+    let half = vg / 2.0;
+    for (name, mode) in [("vigil", Mode::Score), ("pass-through", Mode::PassThrough)] {
+        let (p50, p99, max, n) =
+            latency(&a, &model, &txs, mode, half, &format!("lat-{name}-{tag}"))?;
+        println!(
+            "latency at {half:.0}/s ({name}, {n} records): p50 {p50:.0} ms, p99 {p99:.0} ms, max {max:.0} ms"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! The Kafka front end: transactions in, verdicts out. Everything that knows Kafka lives here;
+//! scoring itself is [`crate::service::ScoringCore`], which knows nothing of Kafka.
+//!
+//! - [`pipeline`]: the consume -> score -> produce loop (at-least-once or exactly-once),
+//!   rebalances, backpressure, shutdown.
+//! - [`offsets`]: which consumed offsets are finished (all their outputs acknowledged).
+//! - [`rebuild`]: window state rebuilt from the topic when a partition is assigned.
+//! - [`labels`]: the labels feed.
+//! - [`replay`]: a history file produced to a topic (`vigil replay`, the load generator).
+//! - [`wire`]: record encodings (transactions, labels, verdicts, dead-letter headers).
+//! - [`kafka`]: client settings, topic creation, partition counts.
+//!
+//! Invariants: every record read ends as a verdict or a dead letter before its offset is
+//! committed; every channel is bounded; one partition's records are scored in offset order by
+//! one thread; nothing here panics on a record's content.
+
+pub mod kafka;
+pub mod labels;
+pub mod offsets;
+pub mod pipeline;
+pub mod rebuild;
+pub mod replay;
+pub mod wire;
+
+use std::sync::atomic::AtomicBool;
+
+pub use pipeline::run;
+
+/// What stops the Kafka front end.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// A client could not be created or a cluster call failed (the message names which).
+    #[error("kafka: {0}")]
+    Client(String),
+    /// An output was not acknowledged; its record was not committed and will be scored again.
+    #[error("delivery failed: {0}")]
+    Delivery(String),
+    /// A Kafka transaction failed (exactly-once); its records will be scored again.
+    #[error("transaction failed: {0}")]
+    Transaction(String),
+    /// A partition's state could not be rebuilt.
+    #[error("state rebuild failed: {0}")]
+    Rebuild(String),
+}
+
+/// Live status of the pipeline, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// At least one partition is assigned and its state rebuilt.
+    pub assigned: AtomicBool,
+}
+
+/// Counts of one pipeline run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Records read from the transactions topic.
+    pub records: u64,
+    /// Records turned into a verdict or a dead letter.
+    pub scored: u64,
+}

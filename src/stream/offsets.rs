@@ -1,0 +1,312 @@
+//! Which consumed offsets are finished, per partition: the rule behind at-least-once.
+//!
+//! A record is *finished* when every message it caused (alert, verdict, or dead letter; possibly
+//! none, for an approved transaction without a verdicts topic) has been acknowledged by the
+//! broker. The offset to commit for a partition is one past the last record of the longest
+//! finished prefix: a record finished out of order (its partition's earlier verdict still in
+//! flight) waits. Kafka offsets are not contiguous integers (transaction markers, compaction), so
+//! the tracker follows the offsets it was actually given, in the order it was given them (which
+//! is the partition's order, since one thread reads each partition).
+//!
+//! Acknowledgements carry the *epoch* of the assignment they belong to: after a partition is
+//! revoked and assigned again, a late acknowledgement from before cannot advance the new
+//! assignment's commit point.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Marks a record read but not yet processed (its number of outputs is not known yet).
+const UNPROCESSED: u32 = u32::MAX;
+
+#[derive(Debug)]
+struct Entry {
+    offset: i64,
+    /// Outputs still waiting for their acknowledgement.
+    remaining: u32,
+}
+
+#[derive(Debug, Default)]
+struct PartitionState {
+    epoch: u64,
+    pending: VecDeque<Entry>,
+    /// Next offset to commit (one past the finished prefix), once anything has finished.
+    committable: Option<i64>,
+    /// The last offset handed to the consumer's commit.
+    committed: Option<i64>,
+}
+
+impl PartitionState {
+    fn advance(&mut self) {
+        while self.pending.front().is_some_and(|e| e.remaining == 0) {
+            if let Some(e) = self.pending.pop_front() {
+                self.committable = Some(e.offset + 1);
+            }
+        }
+    }
+
+    fn entry(&mut self, offset: i64) -> Option<&mut Entry> {
+        let i = self
+            .pending
+            .binary_search_by_key(&offset, |e| e.offset)
+            .ok()?;
+        self.pending.get_mut(i)
+    }
+}
+
+/// Per-partition finished-offset bookkeeping shared by the reading thread, the scoring threads
+/// and the producer's delivery callback. See the module docs.
+#[derive(Debug, Default)]
+pub struct OffsetTracker {
+    parts: Mutex<HashMap<i32, PartitionState>>,
+    changed: Condvar,
+    failure: Mutex<Option<String>>,
+}
+
+/// What a token needs to acknowledge an output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Slot {
+    pub partition: i32,
+    pub offset: i64,
+    pub epoch: u64,
+}
+
+impl OffsetTracker {
+    pub fn new() -> OffsetTracker {
+        OffsetTracker::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<i32, PartitionState>> {
+        self.parts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts tracking `partition` afresh (it was just assigned).
+    pub fn assign(&self, partition: i32) {
+        let mut parts = self.lock();
+        let epoch = parts.get(&partition).map_or(0, |p| p.epoch) + 1;
+        parts.insert(
+            partition,
+            PartitionState {
+                epoch,
+                ..PartitionState::default()
+            },
+        );
+    }
+
+    /// Stops tracking `partition` (revoked); its late acknowledgements are ignored.
+    pub fn revoke(&self, partition: i32) {
+        let mut parts = self.lock();
+        if let Some(p) = parts.get_mut(&partition) {
+            p.epoch += 1;
+            p.pending.clear();
+            p.committable = None;
+            p.committed = None;
+        }
+        self.changed.notify_all();
+    }
+
+    /// A record was read. Returns its slot, or `None` if the partition is not assigned.
+    pub fn begin(&self, partition: i32, offset: i64) -> Option<Slot> {
+        let mut parts = self.lock();
+        let p = parts.get_mut(&partition)?;
+        p.pending.push_back(Entry {
+            offset,
+            remaining: UNPROCESSED,
+        });
+        Some(Slot {
+            partition,
+            offset,
+            epoch: p.epoch,
+        })
+    }
+
+    /// The record of `slot` was processed and caused `outputs` messages (0 finishes it now).
+    /// Must be called before any of those messages is sent.
+    pub fn expect(&self, slot: Slot, outputs: u32) {
+        let mut parts = self.lock();
+        let Some(p) = parts
+            .get_mut(&slot.partition)
+            .filter(|p| p.epoch == slot.epoch)
+        else {
+            return;
+        };
+        if let Some(e) = p.entry(slot.offset) {
+            e.remaining = outputs;
+        }
+        p.advance();
+        self.changed.notify_all();
+    }
+
+    /// One output of the record of `slot` was acknowledged.
+    pub fn ack(&self, slot: Slot) {
+        let mut parts = self.lock();
+        let Some(p) = parts
+            .get_mut(&slot.partition)
+            .filter(|p| p.epoch == slot.epoch)
+        else {
+            return;
+        };
+        if let Some(e) = p.entry(slot.offset) {
+            if e.remaining != UNPROCESSED && e.remaining > 0 {
+                e.remaining -= 1;
+            }
+        }
+        p.advance();
+        self.changed.notify_all();
+    }
+
+    /// Records a failure that must stop the pipeline (an output the broker refused for good).
+    /// The partition's commit point stays before the failed record.
+    pub fn fail(&self, why: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(why);
+        }
+        self.changed.notify_all();
+    }
+
+    /// The first failure recorded, if any.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Offsets to commit now: for each partition whose commit point moved since the last call,
+    /// `(partition, next offset)`. Marks them as handed over.
+    pub fn take_commits(&self) -> Vec<(i32, i64)> {
+        let mut parts = self.lock();
+        let mut out = Vec::new();
+        for (&partition, p) in parts.iter_mut() {
+            if let Some(c) = p.committable {
+                if p.committed != Some(c) {
+                    p.committed = Some(c);
+                    out.push((partition, c));
+                }
+            }
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// The commit points of `partitions` (those that have one), whether or not already taken.
+    pub fn commit_points(&self, partitions: &[i32]) -> Vec<(i32, i64)> {
+        let parts = self.lock();
+        partitions
+            .iter()
+            .filter_map(|p| Some((*p, parts.get(p)?.committable?)))
+            .collect()
+    }
+
+    /// Records read and not finished, over all partitions.
+    pub fn in_flight(&self) -> usize {
+        self.lock().values().map(|p| p.pending.len()).sum()
+    }
+
+    /// Waits until every record of `partitions` (all partitions if `None`) is finished, a failure
+    /// is recorded, or `timeout` passes. Returns whether they all finished.
+    pub fn wait_finished(&self, partitions: Option<&[i32]>, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut parts = self.lock();
+        loop {
+            let busy = parts.iter().any(|(k, p)| {
+                partitions.is_none_or(|set| set.contains(k)) && !p.pending.is_empty()
+            });
+            if !busy {
+                return true;
+            }
+            if self.failure().is_some() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            parts = self
+                .changed
+                .wait_timeout(parts, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commits_only_the_finished_prefix() {
+        let t = OffsetTracker::new();
+        t.assign(0);
+        let a = t.begin(0, 10).expect("assigned");
+        let b = t.begin(0, 11).expect("assigned");
+        let c = t.begin(0, 13).expect("assigned"); // a gap: offset 12 does not exist
+        t.expect(a, 2);
+        t.expect(b, 1);
+        t.expect(c, 0);
+        // c is finished, but a and b are not: nothing to commit.
+        assert!(t.take_commits().is_empty());
+        t.ack(b);
+        assert!(t.take_commits().is_empty());
+        t.ack(a);
+        assert!(
+            t.take_commits().is_empty(),
+            "a still has one output in flight"
+        );
+        t.ack(a);
+        assert_eq!(t.take_commits(), vec![(0, 14)]);
+        assert!(t.take_commits().is_empty(), "handed over once");
+        assert_eq!(t.in_flight(), 0);
+        assert!(t.wait_finished(None, Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn unprocessed_records_hold_the_commit_point() {
+        let t = OffsetTracker::new();
+        t.assign(3);
+        let a = t.begin(3, 0).expect("assigned");
+        let b = t.begin(3, 1).expect("assigned");
+        t.expect(b, 0);
+        // An early acknowledgement for a record not yet processed changes nothing.
+        t.ack(a);
+        assert!(t.take_commits().is_empty());
+        assert!(!t.wait_finished(Some(&[3]), Duration::from_millis(5)));
+        t.expect(a, 0);
+        assert_eq!(t.take_commits(), vec![(3, 2)]);
+    }
+
+    #[test]
+    fn acknowledgements_from_a_previous_assignment_are_ignored() {
+        let t = OffsetTracker::new();
+        t.assign(1);
+        let old = t.begin(1, 5).expect("assigned");
+        t.expect(old, 1);
+        t.revoke(1);
+        assert!(t.begin(2, 0).is_none(), "partition 2 is not assigned");
+        t.assign(1);
+        let new = t.begin(1, 5).expect("assigned");
+        t.expect(new, 1);
+        t.ack(old);
+        assert!(
+            t.take_commits().is_empty(),
+            "stale ack must not finish the new record"
+        );
+        t.ack(new);
+        assert_eq!(t.take_commits(), vec![(1, 6)]);
+        assert_eq!(t.commit_points(&[1, 2]), vec![(1, 6)]);
+    }
+
+    #[test]
+    fn waiting_ends_on_failure() {
+        let t = OffsetTracker::new();
+        t.assign(0);
+        let a = t.begin(0, 0).expect("assigned");
+        t.expect(a, 1);
+        t.fail("broker refused".into());
+        assert!(!t.wait_finished(None, Duration::from_secs(5)));
+        assert_eq!(t.failure().as_deref(), Some("broker refused"));
+    }
+}

@@ -1,0 +1,817 @@
+//! The consume -> score -> produce loop.
+//!
+//! ```text
+//!            poll                 bounded queue (per worker)           send (+ token)
+//! transactions ──> reader thread ──────────────────────────> worker ───────────────> producer
+//!                  (rebalances,      partition % workers      decode, score,          │
+//!                   rebuild,                                  verdict / dead letter   │ delivery
+//!                   commits)  <──── OffsetTracker <──────────────────────────────────┘ reports
+//! ```
+//!
+//! **At-least-once** (default). The reader thread polls the consumer, registers each record with
+//! the [`OffsetTracker`] and hands it to the worker that owns its partition (so a partition's
+//! records are scored in offset order). A worker decodes, scores with the shared
+//! [`ScoringCore`], tells the tracker how many messages the record causes and sends them with a
+//! token; the producer's delivery callback acknowledges each token. Every `commit_interval` the
+//! reader commits, per partition, one past the longest prefix of records whose outputs are all
+//! acknowledged. Nothing ever waits for a flush on the hot path. Queues are bounded: a slow
+//! producer (its queue full) blocks the worker, whose full queue blocks the reader, which stops
+//! polling, so librdkafka's bounded prefetch stops fetching.
+//!
+//! **Exactly-once** (`kafka.exactly_once`). The reader scores inline and produces inside a Kafka
+//! transaction that also carries the consumed offsets (`send_offsets_to_transaction`); a
+//! transaction commits every `transaction_records` records or `transaction_interval`. A crash
+//! leaves the open transaction to be aborted (fenced by the same `transactional.id` on restart),
+//! so read_committed subscribers see each verdict once.
+//!
+//! **Rebalances.** On revocation the reader waits until the revoked partitions' records are
+//! finished, commits them synchronously (or commits the open transaction) and remembers up to
+//! which offset its state for them is exact. On assignment, a partition whose committed offset
+//! is not that offset has its state rebuilt (see [`super::rebuild`]) before any of its records
+//! is scored.
+//!
+//! **Failures.** An output the broker finally refuses (after librdkafka's retries, within
+//! `message.timeout.ms`) stops the pipeline with an error: its record is never committed, so the
+//! next run scores it again. Test hook: `VIGIL_FAILPOINT_ABORT_AFTER` = N aborts the process
+//! (no commit, no flush, no clean-up) after N records have been scored, for crash tests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::config::Config;
+use crate::decision::Decision;
+use crate::service::ScoringCore;
+use crate::shutdown::Shutdown;
+use crate::telemetry::{self, StreamMetrics};
+
+use super::kafka;
+use super::offsets::{OffsetTracker, Slot};
+use super::rebuild;
+use super::wire::{self, decode_transaction, encode_verdict};
+use super::{Status, StreamError, Summary};
+
+/// What the delivery callback needs to acknowledge one output message.
+#[derive(Debug)]
+struct Token {
+    slot: Option<Slot>,
+    /// The input record's broker timestamp and event time (epoch ms; -1 unknown).
+    broker_ms: i64,
+    event_ms: i64,
+    /// Whether this output's acknowledgement is the record's end-to-end latency sample.
+    primary: bool,
+}
+
+struct DeliveryContext {
+    tracker: Arc<OffsetTracker>,
+    metrics: StreamMetrics,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Token>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, token: Box<Token>) {
+        match result {
+            Ok(_) => {
+                if token.primary {
+                    self.metrics
+                        .acknowledged(wire::now_ms(), token.broker_ms, token.event_ms);
+                }
+                if let Some(slot) = token.slot {
+                    self.tracker.ack(slot);
+                }
+            }
+            Err((e, msg)) => {
+                self.metrics.delivery_error();
+                let why = format!(
+                    "the broker did not acknowledge a message to {} (for input partition {:?}): {e}",
+                    msg.topic(),
+                    token.slot.map(|s| (s.partition, s.offset))
+                );
+                tracing::error!("{why}");
+                self.tracker.fail(why);
+            }
+        }
+    }
+}
+
+type Producer_ = ThreadedProducer<DeliveryContext>;
+
+/// An open Kafka transaction (exactly-once mode).
+#[derive(Default)]
+struct Txn {
+    open: bool,
+    records: usize,
+    opened: Option<Instant>,
+    /// Next offset to consume, per partition, for the offsets sent with the transaction.
+    offsets: HashMap<i32, i64>,
+}
+
+/// State shared by the reader thread and the consumer's rebalance callbacks.
+struct Shared {
+    cfg: Config,
+    core: Arc<ScoringCore>,
+    tracker: Arc<OffsetTracker>,
+    producer: Arc<Producer_>,
+    /// Partitions assigned by a rebalance and not yet rebuilt by the reader.
+    newly_assigned: Mutex<Vec<i32>>,
+    /// Per partition, the next offset up to which the core's state is exact (set on
+    /// revocation after everything before it finished).
+    exact_upto: Mutex<HashMap<i32, i64>>,
+    assigned: Mutex<Vec<i32>>,
+    txn: Option<Mutex<Txn>>,
+    status: Arc<Status>,
+}
+
+struct ReaderContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for ReaderContext {
+    fn stats(&self, stats: Statistics) {
+        let topic = &self.shared.cfg.kafka.transactions_topic;
+        if let Some(t) = stats.topics.get(topic) {
+            for (p, s) in &t.partitions {
+                if *p >= 0 && s.consumer_lag >= 0 {
+                    telemetry::consumer_lag(*p, s.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+fn partitions_of(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition())
+        .collect()
+}
+
+impl ConsumerContext for ReaderContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let s = &self.shared;
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                let parts = partitions_of(tpl, &s.cfg.kafka.transactions_topic);
+                tracing::info!(partitions = ?parts, "partitions revoked");
+                s.lock_newly().retain(|p| !parts.contains(p));
+                if let Err(e) = s.finish_partitions(consumer, &parts) {
+                    tracing::error!("finishing revoked partitions {parts:?}: {e}");
+                }
+                for p in &parts {
+                    s.tracker.revoke(*p);
+                }
+                let mut assigned = s.assigned.lock().unwrap_or_else(|e| e.into_inner());
+                assigned.retain(|p| !parts.contains(p));
+                telemetry::assigned_partitions(assigned.len());
+                if assigned.is_empty() {
+                    s.status.assigned.store(false, Ordering::Release);
+                }
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => tracing::error!("rebalance error: {e}"),
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let parts = partitions_of(tpl, &self.shared.cfg.kafka.transactions_topic);
+            tracing::info!(partitions = ?parts, "partitions assigned");
+            self.shared.lock_newly().extend(parts);
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = &result {
+            tracing::warn!("offset commit failed: {e}");
+        }
+        telemetry::offset_commit(result.is_ok());
+    }
+}
+
+impl Shared {
+    fn lock_newly(&self) -> std::sync::MutexGuard<'_, Vec<i32>> {
+        self.newly_assigned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Finishes the work of `parts` before they are revoked (or before shutdown): waits for
+    /// their outputs and commits their offsets synchronously (at-least-once), or commits the
+    /// open transaction (exactly-once). Records up to where their state is exact.
+    fn finish_partitions(
+        &self,
+        consumer: &BaseConsumer<ReaderContext>,
+        parts: &[i32],
+    ) -> Result<(), StreamError> {
+        let topic = &self.cfg.kafka.transactions_topic;
+        let points = if let Some(txn) = &self.txn {
+            let mut txn = txn.lock().unwrap_or_else(|e| e.into_inner());
+            let points: Vec<(i32, i64)> = parts
+                .iter()
+                .filter_map(|p| Some((*p, *txn.offsets.get(p)?)))
+                .collect();
+            commit_transaction(&self.producer, consumer, &mut txn, topic)?;
+            points
+        } else {
+            if !self
+                .tracker
+                .wait_finished(Some(parts), self.cfg.shutdown_timeout())
+            {
+                return Err(StreamError::Delivery(
+                    self.tracker.failure().unwrap_or_else(|| {
+                        format!("outputs of partitions {parts:?} not acknowledged in time")
+                    }),
+                ));
+            }
+            let points = self.tracker.commit_points(parts);
+            if !points.is_empty() {
+                let tpl = tpl_of(topic, &points);
+                let r = consumer.commit(&tpl, CommitMode::Sync);
+                telemetry::offset_commit(r.is_ok());
+                r.map_err(|e| StreamError::Client(format!("committing offsets: {e}")))?;
+            }
+            points
+        };
+        let mut exact = self.exact_upto.lock().unwrap_or_else(|e| e.into_inner());
+        for (p, next) in points {
+            exact.insert(p, next);
+        }
+        Ok(())
+    }
+}
+
+fn tpl_of(topic: &str, points: &[(i32, i64)]) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::new();
+    for &(p, next) in points {
+        // Adding a partition to a fresh list with a valid offset cannot fail.
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(next));
+    }
+    tpl
+}
+
+/// Commits the open transaction with its consumed offsets.
+fn commit_transaction(
+    producer: &Producer_,
+    consumer: &BaseConsumer<ReaderContext>,
+    txn: &mut Txn,
+    topic: &str,
+) -> Result<(), StreamError> {
+    if !txn.open {
+        return Ok(());
+    }
+    let timeout = Duration::from_secs(30);
+    let points: Vec<(i32, i64)> = txn.offsets.iter().map(|(p, o)| (*p, *o)).collect();
+    let result = (|| -> KafkaResult<()> {
+        if !points.is_empty() {
+            let metadata = consumer
+                .group_metadata()
+                .ok_or(KafkaError::MessageProduction(RDKafkaErrorCode::State))?;
+            producer.send_offsets_to_transaction(&tpl_of(topic, &points), &metadata, timeout)?;
+        }
+        producer.commit_transaction(timeout)
+    })();
+    txn.open = false;
+    txn.records = 0;
+    txn.opened = None;
+    telemetry::offset_commit(result.is_ok());
+    match result {
+        Ok(()) => {
+            // The offsets are already committed with the transaction (authoritative on Kafka).
+            // The same offsets are committed once more by the consumer, after the transaction
+            // is durable, for brokers that accept TxnOffsetCommit without storing it
+            // (librdkafka's mock cluster): never ahead of committed verdicts.
+            if !points.is_empty() {
+                if let Err(e) = consumer.commit(&tpl_of(topic, &points), CommitMode::Sync) {
+                    tracing::warn!("offset commit after the transaction: {e}");
+                }
+            }
+            Ok(())
+        }
+        Err(e) => {
+            // Whatever was produced in it is discarded; the state already holds those records,
+            // so the safe way on is a restart (which rebuilds from the committed offsets).
+            let _ = producer.abort_transaction(timeout);
+            Err(StreamError::Transaction(e.to_string()))
+        }
+    }
+}
+
+/// One record handed from the reader to a worker.
+struct Job {
+    slot: Slot,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    broker_ms: i64,
+}
+
+/// Everything a worker (or the exactly-once reader) needs to turn a record into messages.
+struct Emitter {
+    core: Arc<ScoringCore>,
+    producer: Arc<Producer_>,
+    tracker: Option<Arc<OffsetTracker>>,
+    metrics: StreamMetrics,
+    alerts: String,
+    verdicts: Option<String>,
+    dlq: String,
+    source_topic: String,
+    scored: Arc<AtomicU64>,
+    abort_after: Option<u64>,
+    mode: Mode,
+}
+
+/// What the pipeline does with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Decode, score, publish the verdict (what `vigil serve` does).
+    Score,
+    /// Copy each record unchanged to the verdicts topic: the benchmark baseline, with the same
+    /// clients, threads, queues and commits as `Score` and no decoding or scoring.
+    PassThrough,
+}
+
+impl Emitter {
+    fn emit(&self, job: Job) -> Result<(), StreamError> {
+        if self.mode == Mode::PassThrough {
+            return self.pass_through(job);
+        }
+        let Job {
+            slot,
+            key,
+            payload,
+            broker_ms,
+        } = job;
+        self.metrics.record_in();
+        let now = wire::now_ms();
+        match decode_transaction(key.as_deref(), payload.as_deref()) {
+            Ok(tx) => {
+                let started = Instant::now();
+                let scored = self.core.score_in(slot.partition as u32, &tx);
+                let v = &scored.verdict;
+                self.metrics.verdict(v.decision, v.score, started.elapsed());
+                let to_alerts = v.decision != Decision::Approve;
+                let outputs = u32::from(to_alerts) + u32::from(self.verdicts.is_some());
+                if let Some(t) = &self.tracker {
+                    t.expect(slot, outputs);
+                }
+                if outputs == 0 {
+                    self.metrics.acknowledged(now, broker_ms, tx.timestamp_ms);
+                }
+                let bytes = encode_verdict(v, now, slot.partition, slot.offset);
+                let ts = broker_ms.to_string();
+                let headers = || {
+                    OwnedHeaders::new().insert(Header {
+                        key: wire::HDR_SOURCE_TS,
+                        value: Some(ts.as_bytes()),
+                    })
+                };
+                let mut primary = true;
+                if let Some(topic) = &self.verdicts {
+                    let token = self.token(slot, broker_ms, tx.timestamp_ms, primary);
+                    primary = false;
+                    let record = BaseRecord::with_opaque_to(topic, token)
+                        .key(tx.card_id.as_bytes())
+                        .payload(&bytes)
+                        .headers(headers());
+                    send(&self.producer, record)?;
+                }
+                if to_alerts {
+                    let token = self.token(slot, broker_ms, tx.timestamp_ms, primary);
+                    let record = BaseRecord::with_opaque_to(&self.alerts, token)
+                        .key(tx.card_id.as_bytes())
+                        .payload(&bytes)
+                        .headers(headers());
+                    send(&self.producer, record)?;
+                }
+            }
+            Err(rejected) => {
+                self.metrics.dead_letter(rejected.reason);
+                tracing::debug!(
+                    partition = slot.partition,
+                    offset = slot.offset,
+                    reason = rejected.reason.as_str(),
+                    "dead letter: {}",
+                    rejected.message
+                );
+                if let Some(t) = &self.tracker {
+                    t.expect(slot, 1);
+                }
+                let (partition, offset) = (slot.partition.to_string(), slot.offset.to_string());
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: wire::HDR_REASON,
+                        value: Some(rejected.reason.as_str()),
+                    })
+                    .insert(Header {
+                        key: wire::HDR_ERROR,
+                        value: Some(&rejected.message),
+                    })
+                    .insert(Header {
+                        key: wire::HDR_TOPIC,
+                        value: Some(&self.source_topic),
+                    })
+                    .insert(Header {
+                        key: wire::HDR_PARTITION,
+                        value: Some(&partition),
+                    })
+                    .insert(Header {
+                        key: wire::HDR_OFFSET,
+                        value: Some(&offset),
+                    })
+                    .insert(Header {
+                        key: wire::HDR_SOURCE_TS,
+                        value: Some(&broker_ms.to_string()),
+                    });
+                let token = self.token(slot, broker_ms, -1, true);
+                let empty: &[u8] = &[];
+                let mut record = BaseRecord::with_opaque_to(&self.dlq, token)
+                    .payload(payload.as_deref().unwrap_or(empty))
+                    .headers(headers);
+                if let Some(k) = key.as_deref() {
+                    record = record.key(k);
+                }
+                send(&self.producer, record)?;
+            }
+        }
+        let n = self.scored.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.abort_after.is_some_and(|limit| n >= limit) {
+            tracing::error!("VIGIL_FAILPOINT_ABORT_AFTER reached after {n} records: aborting");
+            std::process::abort();
+        }
+        Ok(())
+    }
+
+    fn pass_through(&self, job: Job) -> Result<(), StreamError> {
+        self.metrics.record_in();
+        let topic = self.verdicts.as_deref().unwrap_or(&self.alerts);
+        if let Some(t) = &self.tracker {
+            t.expect(job.slot, 1);
+        }
+        let ts = job.broker_ms.to_string();
+        let headers = OwnedHeaders::new().insert(Header {
+            key: wire::HDR_SOURCE_TS,
+            value: Some(ts.as_bytes()),
+        });
+        let empty: &[u8] = &[];
+        let token = self.token(job.slot, job.broker_ms, -1, true);
+        let mut record = BaseRecord::with_opaque_to(topic, token)
+            .payload(job.payload.as_deref().unwrap_or(empty))
+            .headers(headers);
+        if let Some(k) = job.key.as_deref() {
+            record = record.key(k);
+        }
+        send(&self.producer, record)?;
+        self.scored.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn token(&self, slot: Slot, broker_ms: i64, event_ms: i64, primary: bool) -> Box<Token> {
+        Box::new(Token {
+            slot: self.tracker.as_ref().map(|_| slot),
+            broker_ms,
+            event_ms,
+            primary,
+        })
+    }
+}
+
+/// Sends, waiting while the producer's queue is full (backpressure, never dropping).
+fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
+    producer: &Producer_,
+    mut record: BaseRecord<'_, K, P, Box<Token>>,
+) -> Result<(), StreamError> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, r)) => {
+                return Err(StreamError::Delivery(format!(
+                    "cannot send to {}: {e}",
+                    r.topic
+                )))
+            }
+        }
+    }
+}
+
+fn abort_after() -> Option<u64> {
+    std::env::var("VIGIL_FAILPOINT_ABORT_AFTER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+/// Runs the pipeline until `shutdown` is triggered (then drains, flushes and commits) or a
+/// fatal error. `core` must be sized with the partition count of the transactions topic.
+pub fn run(
+    cfg: &Config,
+    core: Arc<ScoringCore>,
+    shutdown: Shutdown,
+    status: Arc<Status>,
+) -> Result<Summary, StreamError> {
+    run_mode(cfg, core, shutdown, status, Mode::Score)
+}
+
+/// [`run`] in a given [`Mode`] (the benchmark runs both).
+pub fn run_mode(
+    cfg: &Config,
+    core: Arc<ScoringCore>,
+    shutdown: Shutdown,
+    status: Arc<Status>,
+    mode: Mode,
+) -> Result<Summary, StreamError> {
+    let k = &cfg.kafka;
+    let tracker = Arc::new(OffsetTracker::new());
+    let metrics = StreamMetrics::new();
+    let eos = k.exactly_once;
+    let transactional_id = eos.then(|| cfg.transactional_id());
+    let producer: Producer_ = kafka::producer_config(cfg, transactional_id.as_deref())
+        .create_with_context(DeliveryContext {
+            tracker: Arc::clone(&tracker),
+            metrics: metrics.clone(),
+        })
+        .map_err(|e| StreamError::Client(format!("producer: {e}")))?;
+    let producer = Arc::new(producer);
+    if eos {
+        producer
+            .init_transactions(Duration::from_secs(30))
+            .map_err(|e| StreamError::Transaction(format!("init_transactions: {e}")))?;
+    }
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        core: Arc::clone(&core),
+        tracker: Arc::clone(&tracker),
+        producer: Arc::clone(&producer),
+        newly_assigned: Mutex::new(Vec::new()),
+        exact_upto: Mutex::new(HashMap::new()),
+        assigned: Mutex::new(Vec::new()),
+        txn: eos.then(|| Mutex::new(Txn::default())),
+        status: Arc::clone(&status),
+    });
+    let consumer: BaseConsumer<ReaderContext> = kafka::consumer_config(cfg, Some(&k.group))
+        .create_with_context(ReaderContext {
+            shared: Arc::clone(&shared),
+        })
+        .map_err(|e| StreamError::Client(format!("consumer: {e}")))?;
+    consumer.subscribe(&[&k.transactions_topic]).map_err(|e| {
+        StreamError::Client(format!("subscribing to {}: {e}", k.transactions_topic))
+    })?;
+
+    let scored = Arc::new(AtomicU64::new(0));
+    let emitter = |tracker: Option<Arc<OffsetTracker>>| Emitter {
+        core: Arc::clone(&core),
+        producer: Arc::clone(&producer),
+        tracker,
+        metrics: metrics.clone(),
+        alerts: k.alerts_topic.clone(),
+        verdicts: cfg.verdicts_topic().map(str::to_string),
+        dlq: k.dlq_topic.clone(),
+        source_topic: k.transactions_topic.clone(),
+        scored: Arc::clone(&scored),
+        abort_after: abort_after(),
+        mode,
+    };
+
+    // Scoring threads (at-least-once only).
+    let worker_failed = Arc::new(AtomicBool::new(false));
+    let mut senders: Vec<SyncSender<Job>> = Vec::new();
+    let mut workers: Vec<JoinHandle<()>> = Vec::new();
+    let inline = if eos {
+        Some(emitter(None))
+    } else {
+        for i in 0..cfg.workers() {
+            let (tx, rx): (SyncSender<Job>, Receiver<Job>) =
+                sync_channel(cfg.pipeline.queue_capacity);
+            let em = emitter(Some(Arc::clone(&tracker)));
+            let failed = Arc::clone(&worker_failed);
+            let tracker = Arc::clone(&tracker);
+            let handle = std::thread::Builder::new()
+                .name(format!("vigil-score-{i}"))
+                .spawn(move || {
+                    for job in rx {
+                        if let Err(e) = em.emit(job) {
+                            tracker.fail(e.to_string());
+                            failed.store(true, Ordering::Release);
+                            return;
+                        }
+                    }
+                })
+                .map_err(|e| StreamError::Client(format!("starting a scoring thread: {e}")))?;
+            senders.push(tx);
+            workers.push(handle);
+        }
+        None
+    };
+
+    let mut summary = Summary::default();
+    let mut last_commit = Instant::now();
+    let commit_every = cfg.commit_interval();
+    let in_flight = telemetry::in_flight(0);
+    let mut fatal: Option<StreamError> = None;
+    while !shutdown.is_triggered() {
+        let msg = consumer.poll(Duration::from_millis(100));
+        // Rebalances happen inside poll: rebuild what was just assigned before scoring from it.
+        let newly: Vec<i32> = std::mem::take(&mut *shared.lock_newly());
+        if !newly.is_empty() {
+            if let Err(e) = on_assigned(&shared, &consumer, &newly) {
+                fatal = Some(e);
+                break;
+            }
+        }
+        match msg {
+            None => {}
+            Some(Err(e)) => {
+                // Transient broker errors are retried by librdkafka; they are reported here.
+                tracing::warn!("consumer: {e}");
+            }
+            Some(Ok(m)) => {
+                let partition = m.partition();
+                let Some(slot) = tracker.begin(partition, m.offset()) else {
+                    tracing::warn!(
+                        partition,
+                        "record from a partition not assigned here; skipped"
+                    );
+                    continue;
+                };
+                summary.records += 1;
+                let job = Job {
+                    slot,
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    broker_ms: m.timestamp().to_millis().unwrap_or(-1),
+                };
+                if let Some(em) = &inline {
+                    let txn = shared.txn.as_ref();
+                    if let Some(txn) = txn {
+                        let mut t = txn.lock().unwrap_or_else(|e| e.into_inner());
+                        if !t.open {
+                            if let Err(e) = producer.begin_transaction() {
+                                fatal = Some(StreamError::Transaction(format!("begin: {e}")));
+                                break;
+                            }
+                            t.open = true;
+                            t.opened = Some(Instant::now());
+                        }
+                    }
+                    if let Err(e) = em.emit(job) {
+                        fatal = Some(e);
+                        break;
+                    }
+                    // Exactly-once has no tracker-driven commits: forget the record.
+                    tracker.expect(slot, 0);
+                    if let Some(txn) = txn {
+                        let mut t = txn.lock().unwrap_or_else(|e| e.into_inner());
+                        t.offsets.insert(partition, slot.offset + 1);
+                        t.records += 1;
+                    }
+                } else {
+                    let w = (partition.unsigned_abs() as usize) % senders.len();
+                    if senders[w].send(job).is_err() {
+                        fatal = Some(StreamError::Delivery(
+                            tracker
+                                .failure()
+                                .unwrap_or_else(|| "a scoring thread stopped".into()),
+                        ));
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(txn) = &shared.txn {
+            let mut t = txn.lock().unwrap_or_else(|e| e.into_inner());
+            let due = t.records >= cfg.pipeline.transaction_records
+                || t.opened
+                    .is_some_and(|o| o.elapsed() >= cfg.transaction_interval());
+            if t.open && due {
+                if let Err(e) =
+                    commit_transaction(&producer, &consumer, &mut t, &k.transactions_topic)
+                {
+                    fatal = Some(e);
+                    break;
+                }
+            }
+        } else if last_commit.elapsed() >= commit_every {
+            last_commit = Instant::now();
+            commit_now(&consumer, &tracker, &k.transactions_topic);
+            in_flight.set(tracker.in_flight() as f64);
+        }
+        if let Some(why) = tracker.failure() {
+            fatal = Some(StreamError::Delivery(why));
+            break;
+        }
+    }
+
+    // Stop: no more records are read. Finish what was read, flush, commit, leave the group.
+    tracing::info!("stopping: finishing in-flight records");
+    drop(senders);
+    for w in workers {
+        let _ = w.join();
+    }
+    let _ = producer.flush(cfg.shutdown_timeout());
+    let assigned: Vec<i32> = shared
+        .assigned
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if fatal.is_none() {
+        if let Err(e) = shared.finish_partitions(&consumer, &assigned) {
+            fatal = Some(e);
+        }
+    } else if !eos {
+        // Still commit what is finished: only acknowledged prefixes are ever committed.
+        commit_now(&consumer, &tracker, &k.transactions_topic);
+    }
+    consumer.unsubscribe();
+    drop(consumer);
+    summary.scored = scored.load(Ordering::Relaxed);
+    status.assigned.store(false, Ordering::Release);
+    match fatal {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+fn commit_now(consumer: &BaseConsumer<ReaderContext>, tracker: &OffsetTracker, topic: &str) {
+    let commits = tracker.take_commits();
+    if !commits.is_empty() {
+        if let Err(e) = consumer.commit(&tpl_of(topic, &commits), CommitMode::Async) {
+            tracing::warn!("offset commit: {e}");
+        }
+    }
+}
+
+/// Prepares newly assigned partitions: tracking, and window state rebuilt unless the state held
+/// is already exact at the committed offset.
+fn on_assigned(
+    shared: &Shared,
+    consumer: &BaseConsumer<ReaderContext>,
+    parts: &[i32],
+) -> Result<(), StreamError> {
+    let cfg = &shared.cfg;
+    let topic = &cfg.kafka.transactions_topic;
+    let mut query = TopicPartitionList::new();
+    for &p in parts {
+        query.add_partition(topic, p);
+    }
+    let committed = consumer
+        .committed_offsets(query, Duration::from_secs(30))
+        .map_err(|e| StreamError::Client(format!("reading committed offsets: {e}")))?;
+    for &p in parts {
+        if p as u32 >= shared.core.partitions() {
+            return Err(StreamError::Client(format!(
+                "partition {p} of {topic} is beyond the {} partitions vigil was started with \
+                 (partitions were added): restart to size the state for them",
+                shared.core.partitions()
+            )));
+        }
+        shared.tracker.assign(p);
+        let at = committed
+            .find_partition(topic, p)
+            .and_then(|e| match e.offset() {
+                Offset::Offset(o) => Some(o),
+                _ => None,
+            });
+        let exact = shared
+            .exact_upto
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p);
+        match at {
+            _ if !cfg.pipeline.rebuild => shared.core.reset_partition(p as u32),
+            Some(c) if exact == Some(c) => {
+                tracing::info!(partition = p, offset = c, "state still exact, no rebuild")
+            }
+            Some(c) => {
+                shared.core.reset_partition(p as u32);
+                let n = rebuild::rebuild_partition(cfg, &shared.core, p, c)?;
+                tracing::info!(partition = p, offset = c, records = n, "state rebuilt");
+            }
+            None => shared.core.reset_partition(p as u32),
+        }
+    }
+    let mut assigned = shared.assigned.lock().unwrap_or_else(|e| e.into_inner());
+    for &p in parts {
+        if !assigned.contains(&p) {
+            assigned.push(p);
+        }
+    }
+    telemetry::assigned_partitions(assigned.len());
+    shared.status.assigned.store(true, Ordering::Release);
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! What goes over the wire: decoding input records (transactions, labels) and encoding verdicts
+//! and dead letters. Pure functions, no client calls, so the rules are testable on bytes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::decision::Decision;
+use crate::record::{parse_timestamp, RawLabel, RawTimestamp, RecordError, Transaction};
+use crate::scorer::{Reason, Verdict};
+use crate::telemetry::DeadLetterReason;
+
+/// Dead-letter headers.
+pub const HDR_REASON: &str = "vigil.reason";
+pub const HDR_ERROR: &str = "vigil.error";
+pub const HDR_TOPIC: &str = "vigil.source.topic";
+pub const HDR_PARTITION: &str = "vigil.source.partition";
+pub const HDR_OFFSET: &str = "vigil.source.offset";
+/// Verdict header: the input record's broker timestamp (epoch ms), for latency measurement.
+pub const HDR_SOURCE_TS: &str = "vigil.source.timestamp";
+
+/// Why an input record is not a transaction to score.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    pub reason: DeadLetterReason,
+    pub message: String,
+}
+
+/// Decodes one record of the transactions topic. The key, when present, must be the card id:
+/// window state lives in the card's partition, so a record keyed otherwise would be scored
+/// against the wrong state.
+pub fn decode_transaction(
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+) -> Result<Transaction, Rejected> {
+    let Some(payload) = payload.filter(|p| !p.is_empty()) else {
+        return Err(Rejected {
+            reason: DeadLetterReason::Decode,
+            message: "empty record (no payload)".into(),
+        });
+    };
+    let tx = Transaction::from_json(payload).map_err(|e: RecordError| Rejected {
+        reason: if e.field == "record" {
+            DeadLetterReason::Decode
+        } else {
+            DeadLetterReason::Validation
+        },
+        message: e.to_string(),
+    })?;
+    if let Some(key) = key.filter(|k| !k.is_empty()) {
+        if key != tx.card_id.as_bytes() {
+            return Err(Rejected {
+                reason: DeadLetterReason::KeyMismatch,
+                message: format!(
+                    "record key `{}` is not the card id `{}`: transactions must be keyed by card id",
+                    String::from_utf8_lossy(key),
+                    tx.card_id
+                ),
+            });
+        }
+    }
+    Ok(tx)
+}
+
+/// A label on the labels topic: `{"transaction_id": "...", "fraud": 1, "known_at": "..."}`
+/// (`fraud` as 0/1 or a boolean; `known_at` as RFC 3339 or epoch ms).
+pub fn decode_label(payload: &[u8]) -> Result<crate::record::LabelEvent, String> {
+    #[derive(Deserialize)]
+    struct RawLabelEvent {
+        transaction_id: Option<String>,
+        fraud: Option<RawLabel>,
+        known_at: Option<RawTimestamp>,
+    }
+    let raw: RawLabelEvent =
+        serde_json::from_slice(payload).map_err(|e| format!("not a JSON label: {e}"))?;
+    let transaction_id = raw
+        .transaction_id
+        .filter(|s| !s.trim().is_empty())
+        .ok_or("field `transaction_id`: is missing")?;
+    let fraud = match raw.fraud {
+        Some(RawLabel::Bool(b)) => b,
+        Some(RawLabel::Int(0)) => false,
+        Some(RawLabel::Int(1)) => true,
+        Some(RawLabel::Text(t)) if t == "0" || t == "1" => t == "1",
+        Some(_) => return Err("field `fraud`: is not 0 or 1".into()),
+        None => return Err("field `fraud`: is missing".into()),
+    };
+    let known_at_ms = match raw.known_at {
+        Some(RawTimestamp::Millis(ms)) => ms,
+        Some(RawTimestamp::Text(t)) => {
+            parse_timestamp("known_at", &t).map_err(|e| e.to_string())?
+        }
+        None => return Err("field `known_at`: is missing".into()),
+    };
+    Ok(crate::record::LabelEvent {
+        transaction_id,
+        fraud,
+        known_at_ms,
+    })
+}
+
+/// Encodes a transaction in the input wire format (what `vigil replay` produces): the record's
+/// fields as the README documents them, `timestamp` in epoch ms, without the history's label.
+pub fn encode_transaction(tx: &Transaction) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        transaction_id: &'a str,
+        timestamp: i64,
+        card_id: &'a str,
+        merchant_id: &'a str,
+        amount: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        currency: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mcc: Option<u16>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        country: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lat: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        lon: Option<f64>,
+    }
+    let out = Out {
+        transaction_id: &tx.transaction_id,
+        timestamp: tx.timestamp_ms,
+        card_id: &tx.card_id,
+        merchant_id: &tx.merchant_id,
+        amount: tx.amount,
+        currency: tx.currency.as_deref(),
+        mcc: tx.mcc,
+        country: tx.country.as_deref(),
+        channel: tx.channel.map(|c| c.as_str()),
+        lat: tx.lat,
+        lon: tx.lon,
+    };
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+/// Encodes a label for the labels topic.
+pub fn encode_label(label: &crate::record::LabelEvent) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "transaction_id": label.transaction_id,
+        "fraud": u8::from(label.fraud),
+        "known_at": label.known_at_ms,
+    }))
+    .unwrap_or_default()
+}
+
+/// A verdict as published on `alerts` and `verdicts` (JSON, keyed by card id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VerdictRecord {
+    pub transaction_id: String,
+    pub card_id: String,
+    pub merchant_id: String,
+    pub score: f32,
+    pub decision: Decision,
+    pub reasons: Vec<Reason>,
+    pub model_id: String,
+    pub model_version: String,
+    /// Event time of the transaction, epoch ms.
+    pub event_time_ms: i64,
+    /// When vigil scored it, epoch ms.
+    pub processing_time_ms: i64,
+    /// Where the transaction was read from.
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Encodes a verdict (without copying it into an owned record first).
+pub fn encode_verdict(
+    v: &Verdict,
+    processing_time_ms: i64,
+    partition: i32,
+    offset: i64,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        transaction_id: &'a str,
+        card_id: &'a str,
+        merchant_id: &'a str,
+        score: f32,
+        decision: Decision,
+        reasons: &'a [Reason],
+        model_id: &'a str,
+        model_version: &'a str,
+        event_time_ms: i64,
+        processing_time_ms: i64,
+        partition: i32,
+        offset: i64,
+    }
+    let out = Out {
+        transaction_id: &v.transaction_id,
+        card_id: &v.card_id,
+        merchant_id: &v.merchant_id,
+        score: v.score,
+        decision: v.decision,
+        reasons: &v.reasons,
+        model_id: &v.model_id,
+        model_version: &v.model_version,
+        event_time_ms: v.event_time_ms,
+        processing_time_ms,
+        partition,
+        offset,
+    };
+    // Serializing plain strings and numbers cannot fail (a NaN score would become null).
+    serde_json::to_vec(&out).unwrap_or_default()
+}
+
+/// Current wall-clock time, epoch ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TX: &[u8] = br#"{"transaction_id":"t1","timestamp":"2018-04-01T00:00:31Z","card_id":"c1","merchant_id":"m1","amount":12.5}"#;
+
+    #[test]
+    fn transactions_decode_and_bad_ones_say_why() {
+        let tx = decode_transaction(Some(b"c1"), Some(TX)).expect("valid");
+        assert_eq!(tx.card_id, "c1");
+        assert!(
+            decode_transaction(None, Some(TX)).is_ok(),
+            "an unkeyed record is accepted"
+        );
+
+        let e = decode_transaction(Some(b"c2"), Some(TX)).expect_err("wrong key");
+        assert_eq!(e.reason, DeadLetterReason::KeyMismatch);
+        let e = decode_transaction(None, Some(b"{not json")).expect_err("garbage");
+        assert_eq!(e.reason, DeadLetterReason::Decode);
+        let e = decode_transaction(None, None).expect_err("empty");
+        assert_eq!(e.reason, DeadLetterReason::Decode);
+        let neg = br#"{"transaction_id":"t1","timestamp":0,"card_id":"c1","merchant_id":"m1","amount":-3}"#;
+        let e = decode_transaction(None, Some(neg)).expect_err("negative");
+        assert_eq!(e.reason, DeadLetterReason::Validation);
+        assert!(e.message.contains("amount"), "{}", e.message);
+    }
+
+    #[test]
+    fn encoded_transactions_decode_to_themselves() {
+        let mut tx = decode_transaction(None, Some(TX)).expect("valid");
+        tx.channel = Some(crate::record::Channel::Online);
+        tx.lat = Some(48.5);
+        let back = decode_transaction(Some(b"c1"), Some(&encode_transaction(&tx))).expect("valid");
+        assert_eq!(back, tx);
+        let label = crate::record::LabelEvent {
+            transaction_id: "t1".into(),
+            fraud: true,
+            known_at_ms: 7,
+        };
+        assert_eq!(decode_label(&encode_label(&label)), Ok(label));
+    }
+
+    #[test]
+    fn labels_decode() {
+        let l =
+            decode_label(br#"{"transaction_id":"t1","fraud":1,"known_at":"2018-04-08T00:00:00Z"}"#)
+                .expect("valid");
+        assert!(l.fraud);
+        assert_eq!(l.known_at_ms, 1_523_145_600_000);
+        assert!(decode_label(br#"{"transaction_id":"t1","fraud":2,"known_at":0}"#).is_err());
+        assert!(decode_label(br#"{"fraud":true,"known_at":0}"#).is_err());
+    }
+
+    #[test]
+    fn verdicts_round_trip() {
+        let v = Verdict {
+            transaction_id: "t1".into(),
+            card_id: "c1".into(),
+            merchant_id: "m1".into(),
+            event_time_ms: 5,
+            score: 0.75,
+            decision: Decision::Review,
+            reasons: vec![Reason {
+                feature: "amount".into(),
+                value: 12.5,
+                contribution: 0.25,
+            }],
+            model_id: "default".into(),
+            model_version: "abc".into(),
+        };
+        let bytes = encode_verdict(&v, 99, 3, 42);
+        let r: VerdictRecord = serde_json::from_slice(&bytes).expect("parses");
+        assert_eq!(r.decision, Decision::Review);
+        assert_eq!((r.partition, r.offset, r.processing_time_ms), (3, 42, 99));
+        assert_eq!(r.reasons, v.reasons);
+        assert!(String::from_utf8_lossy(&bytes).contains(r#""decision":"review""#));
+    }
+}

@@ -1,0 +1,572 @@
+//! Test harness for the Kafka tests: a real tansu broker per test (sqlite storage in a temporary
+//! directory, a free loopback port), `vigil serve` as a child process, random topic and group
+//! names, and readers that collect what a topic holds.
+//!
+//! The broker binary comes from `TANSU_BIN` (scripts/test.sh installs tansu 0.6.0 and sets it),
+//! else `target/tools/bin/tansu`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use vigil::decision::Decision;
+use vigil::model::Model;
+use vigil::record::Transaction;
+use vigil::service::ScoringCore;
+use vigil::stream::wire::{decode_transaction, encode_transaction, VerdictRecord};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tansu_bin() -> PathBuf {
+    let bin = std::env::var_os("TANSU_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/tools/bin/tansu"));
+    assert!(
+        bin.exists(),
+        "no tansu broker at {} (run scripts/test.sh, which installs it, or set TANSU_BIN)",
+        bin.display()
+    );
+    // The broker runs in its own directory: a relative path would not resolve there.
+    bin.canonicalize().unwrap_or(bin)
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    l.local_addr().expect("local addr").port()
+}
+
+/// A tansu broker with sqlite storage, killed when dropped.
+pub struct Broker {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut b = Broker {
+            dir,
+            port: free_port(),
+            child: None,
+        };
+        b.launch();
+        b
+    }
+
+    fn launch(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .expect("broker log");
+        let child = Command::new(tansu_bin())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not start listening");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Random topic and group names for one test.
+#[derive(Clone, Debug)]
+pub struct Names {
+    pub transactions: String,
+    pub alerts: String,
+    pub verdicts: String,
+    pub dlq: String,
+    pub group: String,
+}
+
+impl Names {
+    pub fn new(test: &str) -> Names {
+        let tag = format!("{test}-{:08x}", rand::random::<u32>());
+        Names {
+            transactions: format!("tx-{tag}"),
+            alerts: format!("alerts-{tag}"),
+            verdicts: format!("verdicts-{tag}"),
+            dlq: format!("dlq-{tag}"),
+            group: format!("group-{tag}"),
+        }
+    }
+
+    pub fn create(&self, brokers: &str, partitions: u32) {
+        vigil::stream::kafka::ensure_topics(
+            brokers,
+            &[&self.transactions, &self.alerts, &self.verdicts, &self.dlq],
+            partitions,
+        )
+        .expect("create topics");
+    }
+}
+
+/// A `vigil serve` child process, killed when dropped.
+pub struct Serve {
+    child: Option<Child>,
+    pub log: PathBuf,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+pub struct ServeSpec<'a> {
+    pub brokers: &'a str,
+    pub names: &'a Names,
+    pub model: PathBuf,
+    pub metrics_addr: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+impl<'a> ServeSpec<'a> {
+    pub fn new(brokers: &'a str, names: &'a Names) -> ServeSpec<'a> {
+        ServeSpec {
+            brokers,
+            names,
+            model: repo().join("models/default.vgm"),
+            metrics_addr: String::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    pub fn start(&self) -> Serve {
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let log = dir.path().join("serve.log");
+        let n = self.names;
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .arg("serve")
+            .args(["--brokers", self.brokers, "--group", &n.group])
+            .args([
+                "--transactions-topic",
+                &n.transactions,
+                "--alerts-topic",
+                &n.alerts,
+            ])
+            .args(["--verdicts-topic", &n.verdicts, "--dlq-topic", &n.dlq])
+            .args(["--metrics-addr", &self.metrics_addr])
+            .arg("--model")
+            .arg(&self.model)
+            .args(["--set", "pipeline.commit_interval=200ms"])
+            // A killed member is noticed after this long (the default is 45 s).
+            .args(["--set", "kafka.consumer.session.timeout.ms=6000"])
+            .args(["--set", "kafka.consumer.heartbeat.interval.ms=1000"])
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .env("NO_COLOR", "1")
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("serve log"))
+            .spawn()
+            .expect("start vigil serve");
+        Serve {
+            child: Some(child),
+            log,
+            _dir: dir,
+        }
+    }
+}
+
+impl Serve {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// SIGKILL: no clean-up at all.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// SIGTERM and wait for the exit (graceful shutdown).
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait(Duration::from_secs(60))
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vigil serve did not exit; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- vigil serve log ({}) ---\n{}",
+                self.log.display(),
+                self.log_text()
+            );
+        }
+        self.kill9();
+    }
+}
+
+/// The sample history's first `n` transactions, in event-time order.
+pub fn sample(n: usize) -> Vec<Transaction> {
+    let h = vigil::record::read_history(&repo().join("data/sample.csv"), Default::default())
+        .expect("sample history");
+    let mut txs = h.transactions;
+    txs.sort_by_key(|t| t.timestamp_ms);
+    txs.truncate(n);
+    txs
+}
+
+pub fn model() -> Arc<Model> {
+    Arc::new(vigil::model::load(&repo().join("models/default.vgm"), None).expect("model"))
+}
+
+/// One input record: key and payload as produced.
+#[derive(Clone, Debug)]
+pub struct Input {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Input {
+    pub fn tx(tx: &Transaction) -> Input {
+        Input {
+            key: Some(tx.card_id.as_bytes().to_vec()),
+            payload: Some(encode_transaction(tx)),
+        }
+    }
+}
+
+fn producer(brokers: &str) -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("partitioner", "murmur2_random")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer")
+}
+
+/// Produces `inputs` at `rate` records/s (None: at once) and waits for every acknowledgement.
+pub fn produce(brokers: &str, topic: &str, inputs: &[Input], rate: Option<f64>) {
+    let p = producer(brokers);
+    let started = Instant::now();
+    for (i, input) in inputs.iter().enumerate() {
+        if let Some(r) = rate {
+            let due = started + Duration::from_secs_f64(i as f64 / r);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+        if let Some(k) = &input.key {
+            rec = rec.key(k.as_slice());
+        }
+        if let Some(v) = &input.payload {
+            rec = rec.payload(v.as_slice());
+        }
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120))
+        .expect("all inputs acknowledged");
+}
+
+/// Produces in a background thread.
+pub fn produce_in_background(
+    brokers: &str,
+    topic: &str,
+    inputs: Vec<Input>,
+    rate: f64,
+) -> std::thread::JoinHandle<()> {
+    let (b, t) = (brokers.to_string(), topic.to_string());
+    std::thread::spawn(move || produce(&b, &t, &inputs, Some(rate)))
+}
+
+/// A record read back from a topic.
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Record {
+    pub fn verdict(&self) -> VerdictRecord {
+        serde_json::from_slice(self.payload.as_deref().unwrap_or_default()).expect("a verdict")
+    }
+}
+
+/// Follows every partition of a topic from the beginning.
+pub struct Reader {
+    consumer: BaseConsumer,
+    pub records: Vec<Record>,
+}
+
+impl Reader {
+    pub fn new(brokers: &str, topic: &str, read_committed: bool) -> Reader {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", "test-reader")
+            .set("enable.auto.commit", "false")
+            .set(
+                "isolation.level",
+                if read_committed {
+                    "read_committed"
+                } else {
+                    "read_uncommitted"
+                },
+            )
+            .create()
+            .expect("reader");
+        let n = vigil::stream::kafka::partition_count(&consumer, topic, Duration::from_secs(30))
+            .expect("topic exists");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..n as i32 {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .expect("tpl");
+        }
+        consumer.assign(&tpl).expect("assign");
+        Reader {
+            consumer,
+            records: Vec::new(),
+        }
+    }
+
+    /// Reads for `dur`.
+    pub fn read_for(&mut self, dur: Duration) -> &[Record] {
+        let deadline = Instant::now() + dur;
+        while Instant::now() < deadline {
+            self.poll_once();
+        }
+        &self.records
+    }
+
+    fn poll_once(&mut self) {
+        if let Some(Ok(m)) = self.consumer.poll(Duration::from_millis(50)) {
+            let mut headers = HashMap::new();
+            if let Some(h) = m.headers() {
+                for hd in h.iter() {
+                    headers.insert(
+                        hd.key.to_string(),
+                        String::from_utf8_lossy(hd.value.unwrap_or_default()).into_owned(),
+                    );
+                }
+            }
+            self.records.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers,
+            });
+        }
+    }
+
+    /// Reads until every transaction id in `ids` has at least one verdict.
+    pub fn read_until_verdicts_for(&mut self, ids: &HashSet<&str>, timeout: Duration) -> &[Record] {
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut parsed = 0;
+        self.read_until(timeout, "a verdict for every transaction", |recs| {
+            for r in &recs[parsed..] {
+                seen.insert(r.verdict().transaction_id);
+            }
+            parsed = recs.len();
+            ids.iter().all(|id| seen.contains(*id))
+        })
+    }
+
+    /// Reads until `done(records)` or `timeout` (then panics with `what`).
+    pub fn read_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut done: impl FnMut(&[Record]) -> bool,
+    ) -> &[Record] {
+        let deadline = Instant::now() + timeout;
+        while !done(&self.records) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what} ({} records read)",
+                self.records.len()
+            );
+            self.poll_once();
+        }
+        &self.records
+    }
+}
+
+/// What an uninterrupted scorer makes of the transactions topic as it is: every partition
+/// replayed in offset order through a fresh in-process core. `(partition, offset)` -> verdict.
+pub fn reference(
+    brokers: &str,
+    topic: &str,
+    total: usize,
+) -> HashMap<(i32, i64), (f32, Decision, String)> {
+    let mut r = Reader::new(brokers, topic, false);
+    r.read_until(Duration::from_secs(60), "the whole input topic", |recs| {
+        recs.len() >= total
+    });
+    let partitions = r.records.iter().map(|x| x.partition).max().unwrap_or(0) as u32 + 1;
+    let n = vigil::stream::kafka::partition_count(&r.consumer, topic, Duration::from_secs(10))
+        .expect("partitions")
+        .max(partitions);
+    let core = ScoringCore::new(model(), n, 16);
+    let mut recs = r.records.clone();
+    recs.sort_by_key(|x| (x.partition, x.offset));
+    let mut out = HashMap::new();
+    for x in recs {
+        if let Ok(tx) = decode_transaction(x.key.as_deref(), x.payload.as_deref()) {
+            let v = core.score_in(x.partition as u32, &tx).verdict;
+            out.insert(
+                (x.partition, x.offset),
+                (v.score, v.decision, v.transaction_id),
+            );
+        }
+    }
+    out
+}
+
+/// Checks every verdict against the reference; returns the verdicts per transaction id.
+pub fn check_against_reference(
+    verdicts: &[Record],
+    reference: &HashMap<(i32, i64), (f32, Decision, String)>,
+) -> HashMap<String, usize> {
+    let mut per_tx: HashMap<String, usize> = HashMap::new();
+    for r in verdicts {
+        let v = r.verdict();
+        let want = reference
+            .get(&(v.partition, v.offset))
+            .unwrap_or_else(|| panic!("verdict for an unknown input {}:{}", v.partition, v.offset));
+        assert_eq!(
+            (v.score, v.decision, &v.transaction_id),
+            (want.0, want.1, &want.2),
+            "verdict at {}:{} differs from an uninterrupted run",
+            v.partition,
+            v.offset
+        );
+        *per_tx.entry(v.transaction_id).or_default() += 1;
+    }
+    per_tx
+}
+
+/// Scrapes one metric value from a /metrics endpoint (sum over label sets).
+pub fn scrape(addr: &str, name: &str) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return 0.0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body
+}
+
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
