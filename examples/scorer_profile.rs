@@ -14,6 +14,11 @@
 //! and divide each part's inclusive count by the number of transactions printed.
 
 use std::hint::black_box;
+
+/// The allocator `vigil` itself runs with (src/main.rs).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +27,8 @@ use vigil::features::FeatureEngine;
 use vigil::model::{self, Model};
 use vigil::record::{read_history, ReadOptions, Transaction};
 use vigil::scorer::Scorer;
+use vigil::service::ScoringCore;
+use vigil::stream::wire;
 
 const N: usize = 50_000;
 /// Passes over the rows for the forest parts (the fastest is reported).
@@ -88,11 +95,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     part_scorer(&mut scorer, &stream);
     let scorer_ns = t0.elapsed().as_nanos() as f64 / N as f64;
 
+    // A Kafka scoring thread's work per record: JSON in, ScoringCore, JSON verdict out.
+    let core = ScoringCore::new(Arc::clone(&model), 1, 1024);
+    for t in &txs[..cut] {
+        core.score_in(0, t);
+    }
+    let payloads: Vec<(Vec<u8>, Vec<u8>)> = stream
+        .iter()
+        .map(|t| (t.card_id.clone().into_bytes(), wire::encode_transaction(t)))
+        .collect();
+    let t0 = Instant::now();
+    let wire_len = part_wire(&core, &payloads);
+    let wire_ns = t0.elapsed().as_nanos() as f64 / N as f64;
+    let verdicts: Vec<_> = stream.iter().map(|t| core.peek(t)).collect();
+    let t0 = Instant::now();
+    let encode_len = part_encode(&verdicts);
+    let encode_ns = t0.elapsed().as_nanos() as f64 / N as f64;
+    let t0 = Instant::now();
+    let decode_len = part_decode(&payloads);
+    let decode_ns = t0.elapsed().as_nanos() as f64 / N as f64;
+
     println!(
         "{N} transactions, model {} ({} trees, {} nodes, {} walk): features {features_ns:.0} ns, \
          forest score {score_ns:.0} ns, explain {raw_ns:.0} ns (same row: {hot_ns:.0} ns), \
          score + top reasons {explain_ns:.0} ns, \
-         Scorer::score (all + verdict) {scorer_ns:.0} ns  [checksums {s:.3} {e:.3}]",
+         Scorer::score (all + verdict) {scorer_ns:.0} ns, \
+         JSON decode {decode_ns:.0} ns, verdict encode {encode_ns:.0} ns, Kafka worker (decode + score + encode) {wire_ns:.0} ns \
+         [checksums {s:.3} {e:.3} {wire_len} {decode_len} {encode_len}]",
         model.name(),
         model.header.n_trees,
         model.header.n_nodes,
@@ -142,4 +171,41 @@ fn part_scorer(scorer: &mut Scorer, stream: &[Transaction]) {
     for t in stream {
         black_box(scorer.score(black_box(t)));
     }
+}
+
+#[inline(never)]
+fn part_wire(core: &ScoringCore, payloads: &[(Vec<u8>, Vec<u8>)]) -> usize {
+    let mut out = Vec::with_capacity(1 << 16);
+    let mut total = 0;
+    for (i, (key, payload)) in payloads.iter().enumerate() {
+        out.clear();
+        if let Ok(tx) = wire::decode_transaction(Some(key), Some(payload)) {
+            let scored = core.score_in(0, &tx);
+            out.extend_from_slice(tx.card_id.as_bytes());
+            wire::encode_verdict_into(&mut out, &scored.verdict, 0, 0, i as i64);
+        }
+        total += out.len();
+    }
+    total
+}
+
+#[inline(never)]
+fn part_decode(payloads: &[(Vec<u8>, Vec<u8>)]) -> usize {
+    payloads
+        .iter()
+        .filter_map(|(k, p)| wire::decode_transaction(Some(k), Some(p)).ok())
+        .map(|t| t.card_id.len())
+        .sum()
+}
+
+#[inline(never)]
+fn part_encode(verdicts: &[vigil::scorer::Verdict]) -> usize {
+    let mut out = Vec::with_capacity(1 << 16);
+    let mut total = 0;
+    for (i, v) in verdicts.iter().enumerate() {
+        out.clear();
+        wire::encode_verdict_into(&mut out, v, 0, 0, i as i64);
+        total += out.len();
+    }
+    total
 }

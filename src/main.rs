@@ -7,6 +7,12 @@ mod cli_stream;
 
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: scoring a record allocates a few small strings
+/// (ids, reason names), and glibc's malloc was a quarter of a scoring thread's time on the Kafka
+/// path (BENCHMARKS.md, "Kafka path").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = <cli::Cli as clap::Parser>::parse();
     tracing_subscriber::fmt()

@@ -134,20 +134,73 @@ pub struct RawTransaction {
 }
 
 /// A timestamp as written: RFC 3339 text or integer epoch milliseconds.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum RawTimestamp {
     Millis(i64),
     Text(String),
 }
 
 /// A label as written: 0/1, true/false.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum RawLabel {
     Bool(bool),
     Int(i64),
     Text(String),
+}
+
+// Both are deserialized by hand rather than as `#[serde(untagged)]` enums, which buffer every
+// value and try each variant in turn: on the Kafka path that was a fifth of decoding a record.
+
+impl<'de> Deserialize<'de> for RawTimestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawTimestamp;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("RFC 3339 text or integer epoch milliseconds")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawTimestamp, E> {
+                Ok(RawTimestamp::Millis(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawTimestamp, E> {
+                i64::try_from(v)
+                    .map(RawTimestamp::Millis)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawTimestamp, E> {
+                Ok(RawTimestamp::Text(v.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<RawTimestamp, E> {
+                Ok(RawTimestamp::Text(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawLabel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawLabel;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("0, 1, true or false")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawLabel, E> {
+                Ok(RawLabel::Bool(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<RawLabel, E> {
+                Ok(RawLabel::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<RawLabel, E> {
+                Ok(RawLabel::Int(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawLabel, E> {
+                Ok(RawLabel::Text(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Why a record was refused. `field` is the record's field name, as users write it.

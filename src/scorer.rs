@@ -15,7 +15,8 @@ use crate::record::{LabelEvent, Transaction};
 /// its contribution to the score (in probability points).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reason {
-    pub feature: String,
+    /// Shared with the model's feature list (a verdict per transaction copies no names).
+    pub feature: Arc<str>,
     pub value: f32,
     pub contribution: f32,
 }
@@ -33,8 +34,8 @@ pub struct Verdict {
     pub decision: Decision,
     /// Features that pushed the score up most, largest first.
     pub reasons: Vec<Reason>,
-    pub model_id: String,
-    pub model_version: String,
+    pub model_id: Arc<str>,
+    pub model_version: Arc<str>,
 }
 
 /// A model that cannot replace the serving one without rebuilding window state.
@@ -54,9 +55,33 @@ pub const DEFAULT_REASONS: usize = 3;
 /// Scores transactions against one model, keeping the window state the model's spec needs.
 pub struct Scorer {
     model: Arc<Model>,
+    /// The model's names as verdicts carry them.
+    names: Names,
     engine: FeatureEngine,
     row: Vec<f32>,
     n_reasons: usize,
+}
+
+/// A model's feature names, id and version, shared by every verdict it makes.
+struct Names {
+    features: Vec<Arc<str>>,
+    model_id: Arc<str>,
+    model_version: Arc<str>,
+}
+
+impl Names {
+    fn of(model: &Model) -> Names {
+        Names {
+            features: model
+                .spec
+                .feature_names()
+                .iter()
+                .map(|n| Arc::from(n.as_str()))
+                .collect(),
+            model_id: Arc::from(model.header.model_id.as_str()),
+            model_version: Arc::from(model.header.version.as_str()),
+        }
+    }
 }
 
 impl Scorer {
@@ -64,6 +89,7 @@ impl Scorer {
         let n = model.spec.n_features();
         Scorer {
             engine: FeatureEngine::new(model.spec.clone()),
+            names: Names::of(&model),
             model,
             row: vec![0.0; n],
             n_reasons: DEFAULT_REASONS,
@@ -94,6 +120,7 @@ impl Scorer {
                 offered: want.clone(),
             });
         }
+        self.names = Names::of(&model);
         self.model = model;
         Ok(())
     }
@@ -132,12 +159,12 @@ impl Scorer {
 
     fn verdict(&self, tx: &Transaction) -> Verdict {
         let explanation = self.model.compiled.reasons(&self.row, self.n_reasons);
-        let names = self.model.spec.feature_names();
+        let names = &self.names.features;
         let reasons = explanation
             .reasons
             .iter()
             .map(|r| Reason {
-                feature: names[r.feature].clone(),
+                feature: Arc::clone(&names[r.feature]),
                 value: self.row[r.feature],
                 contribution: r.contribution,
             })
@@ -151,8 +178,8 @@ impl Scorer {
             score,
             decision: self.model.header.thresholds.decide(score),
             reasons,
-            model_id: self.model.header.model_id.clone(),
-            model_version: self.model.header.version.clone(),
+            model_id: Arc::clone(&self.names.model_id),
+            model_version: Arc::clone(&self.names.model_version),
         }
     }
 }

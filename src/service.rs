@@ -369,7 +369,7 @@ mod tests {
             .expect("same spec is accepted");
         assert_eq!(old.header.version, m.header.version);
         let v = core.score(&tx("t1", "c", 1_600_000_000_000, 5.0)).verdict;
-        assert_eq!(v.model_version, "v2");
+        assert_eq!(&*v.model_version, "v2");
 
         let mut other_spec = (*m).clone();
         other_spec.header.feature_fingerprint = "different".into();

@@ -96,7 +96,7 @@ fn live_scores_equal_trainer_predictions_after_a_file_round_trip() {
             trained.forest.predict(row),
             "score of row {i} differs from the trainer's prediction"
         );
-        assert_eq!(verdict.model_version, trained.header.version);
+        assert_eq!(&*verdict.model_version, trained.header.version);
         assert!(verdict.reasons.len() <= vigil::scorer::DEFAULT_REASONS);
         assert!(verdict
             .reasons

@@ -199,13 +199,13 @@ pub fn verdict_owned(v: Verdict) -> pb::Verdict {
             .reasons
             .into_iter()
             .map(|r| pb::Reason {
-                feature: r.feature,
+                feature: r.feature.to_string(),
                 value: r.value,
                 contribution: r.contribution,
             })
             .collect(),
-        model_id: v.model_id,
-        model_version: v.model_version,
+        model_id: v.model_id.to_string(),
+        model_version: v.model_version.to_string(),
     }
 }
 
@@ -224,13 +224,13 @@ pub fn verdict_from_pb(v: pb::Verdict) -> Result<Verdict, FieldError> {
             .reasons
             .into_iter()
             .map(|r| Reason {
-                feature: r.feature,
+                feature: r.feature.into(),
                 value: r.value,
                 contribution: r.contribution,
             })
             .collect(),
-        model_id: v.model_id,
-        model_version: v.model_version,
+        model_id: v.model_id.into(),
+        model_version: v.model_version.into(),
     })
 }
 

@@ -56,11 +56,36 @@ impl PartitionState {
 
 /// Per-partition finished-offset bookkeeping shared by the reading thread, the scoring threads
 /// and the producer's delivery callback. See the module docs.
+///
+/// Every record costs one lock to begin, one to learn its output count (taken once per batch
+/// with [`OffsetTracker::expect_many`]) and one per acknowledgement; the condition variable is
+/// signalled only while someone waits in [`OffsetTracker::wait_finished`] (a notification is a
+/// system call, which per record would cost more than the bookkeeping itself).
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
-    parts: Mutex<HashMap<i32, PartitionState>>,
+    parts: Mutex<Parts>,
     changed: Condvar,
     failure: Mutex<Option<String>>,
+}
+
+#[derive(Debug, Default)]
+struct Parts {
+    map: HashMap<i32, PartitionState>,
+    /// Threads inside `wait_finished` (read and written under the lock, so no wake-up is lost).
+    waiters: usize,
+}
+
+impl std::ops::Deref for Parts {
+    type Target = HashMap<i32, PartitionState>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for Parts {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
+    }
 }
 
 /// What a token needs to acknowledge an output.
@@ -76,8 +101,15 @@ impl OffsetTracker {
         OffsetTracker::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<i32, PartitionState>> {
+    fn lock(&self) -> MutexGuard<'_, Parts> {
         self.parts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes `wait_finished` callers, if any (called with the lock held).
+    fn notify(&self, parts: &Parts) {
+        if parts.waiters > 0 {
+            self.changed.notify_all();
+        }
     }
 
     /// Starts tracking `partition` afresh (it was just assigned).
@@ -102,7 +134,7 @@ impl OffsetTracker {
             p.committable = None;
             p.committed = None;
         }
-        self.changed.notify_all();
+        self.notify(&parts);
     }
 
     /// A record was read. Returns its slot, or `None` if the partition is not assigned.
@@ -123,18 +155,25 @@ impl OffsetTracker {
     /// The record of `slot` was processed and caused `outputs` messages (0 finishes it now).
     /// Must be called before any of those messages is sent.
     pub fn expect(&self, slot: Slot, outputs: u32) {
+        self.expect_many(&[(slot, outputs)]);
+    }
+
+    /// [`OffsetTracker::expect`] for many records under one lock.
+    pub fn expect_many(&self, records: &[(Slot, u32)]) {
         let mut parts = self.lock();
-        let Some(p) = parts
-            .get_mut(&slot.partition)
-            .filter(|p| p.epoch == slot.epoch)
-        else {
-            return;
-        };
-        if let Some(e) = p.entry(slot.offset) {
-            e.remaining = outputs;
+        for &(slot, outputs) in records {
+            let Some(p) = parts
+                .get_mut(&slot.partition)
+                .filter(|p| p.epoch == slot.epoch)
+            else {
+                continue;
+            };
+            if let Some(e) = p.entry(slot.offset) {
+                e.remaining = outputs;
+            }
+            p.advance();
         }
-        p.advance();
-        self.changed.notify_all();
+        self.notify(&parts);
     }
 
     /// One output of the record of `slot` was acknowledged.
@@ -146,13 +185,16 @@ impl OffsetTracker {
         else {
             return;
         };
-        if let Some(e) = p.entry(slot.offset) {
-            if e.remaining != UNPROCESSED && e.remaining > 0 {
-                e.remaining -= 1;
+        let Some(e) = p.entry(slot.offset) else {
+            return;
+        };
+        if e.remaining != UNPROCESSED && e.remaining > 0 {
+            e.remaining -= 1;
+            if e.remaining == 0 {
+                p.advance();
+                self.notify(&parts);
             }
         }
-        p.advance();
-        self.changed.notify_all();
     }
 
     /// Records a failure that must stop the pipeline (an output the broker refused for good).
@@ -162,7 +204,10 @@ impl OffsetTracker {
         if f.is_none() {
             *f = Some(why);
         }
-        self.changed.notify_all();
+        drop(f);
+        // Taking the lock orders this with a waiter between its check and its wait.
+        let parts = self.lock();
+        self.notify(&parts);
     }
 
     /// The first failure recorded, if any.
@@ -224,11 +269,13 @@ impl OffsetTracker {
                 return false;
             }
             let wait = (deadline - now).min(Duration::from_millis(100));
+            parts.waiters += 1;
             parts = self
                 .changed
                 .wait_timeout(parts, wait)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
+            parts.waiters -= 1;
         }
     }
 }

@@ -36,6 +36,7 @@
 //! (no commit, no flush, no clean-up) after N records have been scored, for crash tests.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
@@ -60,7 +61,7 @@ use crate::telemetry::{self, StreamMetrics};
 use super::kafka;
 use super::offsets::{OffsetTracker, Slot};
 use super::rebuild;
-use super::wire::{self, decode_transaction, encode_verdict};
+use super::wire::{self, decode_transaction, encode_verdict_into};
 use super::{Status, StreamError, Summary};
 
 /// What the delivery callback needs to acknowledge one output message.
@@ -135,6 +136,8 @@ struct Shared {
     assigned: Mutex<Vec<i32>>,
     txn: Option<Mutex<Txn>>,
     status: Arc<Status>,
+    /// Batches on their way to the workers (at-least-once; `None` until they start).
+    pending: Mutex<Option<Pending>>,
 }
 
 struct ReaderContext {
@@ -169,6 +172,13 @@ impl ConsumerContext for ReaderContext {
                 let parts = partitions_of(tpl, &s.cfg.kafka.transactions_topic);
                 tracing::info!(partitions = ?parts, "partitions revoked");
                 s.lock_newly().retain(|p| !parts.contains(p));
+                // What was read is handed to the workers first, or waiting for it to finish
+                // could not end.
+                if let Some(pending) = s.lock_pending().as_mut() {
+                    if pending.flush_all().is_err() {
+                        tracing::error!("a scoring thread stopped; revoked records not finished");
+                    }
+                }
                 if let Err(e) = s.finish_partitions(consumer, &parts) {
                     tracing::error!("finishing revoked partitions {parts:?}: {e}");
                 }
@@ -208,6 +218,10 @@ impl Shared {
         self.newly_assigned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_pending(&self) -> std::sync::MutexGuard<'_, Option<Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Finishes the work of `parts` before they are revoked (or before shutdown): waits for
@@ -311,12 +325,108 @@ fn commit_transaction(
     }
 }
 
-/// One record handed from the reader to a worker.
+/// Most records handed from the reader to a worker at once. The reader hands over a partial
+/// batch as soon as the consumer has nothing more ready, so batching adds no waiting; under load
+/// it turns one thread wake-up, one allocation and one tracker lock per record into one per
+/// batch.
+const MAX_BATCH: usize = 256;
+
+/// Longest a record waits in a partial batch while the consumer keeps returning records of other
+/// partitions.
+const MAX_BATCH_DELAY: Duration = Duration::from_millis(2);
+
+/// One record handed from the reader to a worker; its bytes live in its [`Batch`].
 struct Job {
     slot: Slot,
-    key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
+    key: Option<Range<usize>>,
+    payload: Option<Range<usize>>,
     broker_ms: i64,
+}
+
+/// Records handed from the reader to a worker together, their keys and payloads in one buffer.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    jobs: Vec<Job>,
+}
+
+impl Batch {
+    fn push(&mut self, slot: Slot, key: Option<&[u8]>, payload: Option<&[u8]>, broker_ms: i64) {
+        let key = key.map(|k| append(&mut self.bytes, k));
+        let payload = payload.map(|p| append(&mut self.bytes, p));
+        self.jobs.push(Job {
+            slot,
+            key,
+            payload,
+            broker_ms,
+        });
+    }
+
+    fn key(&self, job: &Job) -> Option<&[u8]> {
+        job.key.clone().and_then(|r| self.bytes.get(r))
+    }
+
+    fn payload(&self, job: &Job) -> Option<&[u8]> {
+        job.payload.clone().and_then(|r| self.bytes.get(r))
+    }
+
+    fn len(&self) -> usize {
+        self.jobs.len()
+    }
+}
+
+fn append(buf: &mut Vec<u8>, bytes: &[u8]) -> Range<usize> {
+    let start = buf.len();
+    buf.extend_from_slice(bytes);
+    start..buf.len()
+}
+
+/// The reader's batches on their way to the workers. Lives in [`Shared`] because a revocation
+/// (inside `poll`) must hand over what is pending before it waits for the revoked partitions.
+struct Pending {
+    batches: Vec<Batch>,
+    senders: Vec<SyncSender<Batch>>,
+}
+
+impl Pending {
+    /// Queues a record for the worker that owns its partition; hands the batch over when full.
+    fn push(
+        &mut self,
+        slot: Slot,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        broker_ms: i64,
+    ) -> Result<(), ()> {
+        let w = (slot.partition.unsigned_abs() as usize) % self.senders.len();
+        self.batches[w].push(slot, key, payload, broker_ms);
+        if self.batches[w].len() >= MAX_BATCH {
+            self.flush(w)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, w: usize) -> Result<(), ()> {
+        if self.batches[w].jobs.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batches[w]);
+        // Blocks while the worker's queue is full: backpressure reaches the consumer.
+        self.senders[w].send(batch).map_err(|_| ())
+    }
+
+    fn flush_all(&mut self) -> Result<(), ()> {
+        let mut result = Ok(());
+        for w in 0..self.batches.len() {
+            if self.flush(w).is_err() {
+                result = Err(());
+            }
+        }
+        result
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.iter().all(|b| b.jobs.is_empty())
+    }
 }
 
 /// Everything a worker (or the exactly-once reader) needs to turn a record into messages.
@@ -340,63 +450,93 @@ pub enum Mode {
     /// Decode, score, publish the verdict (what `vigil serve` does).
     Score,
     /// Copy each record unchanged to the verdicts topic: the benchmark baseline, with the same
-    /// clients, threads, queues and commits as `Score` and no decoding or scoring.
+    /// clients, threads, queues, batches and commits as `Score` and no decoding or scoring.
     PassThrough,
 }
 
+/// The messages one record causes, decided before any is sent.
+enum Output {
+    /// A verdict (JSON in the scratch buffer) for the verdicts topic and/or the alerts topic.
+    Verdict {
+        card: Range<usize>,
+        json: Range<usize>,
+        event_ms: i64,
+        to_verdicts: bool,
+        to_alerts: bool,
+    },
+    /// The record to the dead-letter topic.
+    Dead(wire::Rejected),
+    /// The record copied unchanged (pass-through mode).
+    Copy,
+}
+
+/// A worker's reusable buffers.
+#[derive(Default)]
+struct Scratch {
+    bytes: Vec<u8>,
+    outputs: Vec<Output>,
+    expects: Vec<(Slot, u32)>,
+}
+
 impl Emitter {
-    fn emit(&self, job: Job) -> Result<(), StreamError> {
-        if self.mode == Mode::PassThrough {
-            return self.pass_through(job);
-        }
-        let Job {
-            slot,
-            key,
-            payload,
-            broker_ms,
-        } = job;
-        self.metrics.record_in();
+    /// Turns a batch of records into messages: decides every record's outputs, tells the tracker
+    /// how many to expect (one lock for the batch, before any is sent, so no acknowledgement
+    /// can arrive for an output it does not know), then sends them.
+    fn emit_batch(&self, batch: &Batch, scratch: &mut Scratch) -> Result<(), StreamError> {
+        scratch.bytes.clear();
+        scratch.outputs.clear();
+        scratch.expects.clear();
         let now = wire::now_ms();
-        match decode_transaction(key.as_deref(), payload.as_deref()) {
+        for job in &batch.jobs {
+            self.metrics.record_in();
+            let (output, count) = match self.mode {
+                Mode::PassThrough => (Output::Copy, 1),
+                Mode::Score => self.decide(batch, job, now, &mut scratch.bytes),
+            };
+            if count == 0 {
+                if let Output::Verdict { event_ms, .. } = output {
+                    self.metrics.acknowledged(now, job.broker_ms, event_ms);
+                }
+            }
+            scratch.expects.push((job.slot, count));
+            scratch.outputs.push(output);
+        }
+        if let Some(t) = &self.tracker {
+            t.expect_many(&scratch.expects);
+        }
+        for (job, output) in batch.jobs.iter().zip(&scratch.outputs) {
+            self.send_outputs(batch, job, output, &scratch.bytes)?;
+            let n = self.scored.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.abort_after.is_some_and(|limit| n >= limit) {
+                tracing::error!("VIGIL_FAILPOINT_ABORT_AFTER reached after {n} records: aborting");
+                std::process::abort();
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes and scores one record: its output and how many messages that output is.
+    fn decide(&self, batch: &Batch, job: &Job, now: i64, bytes: &mut Vec<u8>) -> (Output, u32) {
+        let slot = job.slot;
+        match decode_transaction(batch.key(job), batch.payload(job)) {
             Ok(tx) => {
                 let started = Instant::now();
                 let scored = self.core.score_in(slot.partition as u32, &tx);
                 let v = &scored.verdict;
                 self.metrics.verdict(v.decision, v.score, started.elapsed());
                 let to_alerts = v.decision != Decision::Approve;
-                let outputs = u32::from(to_alerts) + u32::from(self.verdicts.is_some());
-                if let Some(t) = &self.tracker {
-                    t.expect(slot, outputs);
-                }
-                if outputs == 0 {
-                    self.metrics.acknowledged(now, broker_ms, tx.timestamp_ms);
-                }
-                let bytes = encode_verdict(v, now, slot.partition, slot.offset);
-                let ts = broker_ms.to_string();
-                let headers = || {
-                    OwnedHeaders::new().insert(Header {
-                        key: wire::HDR_SOURCE_TS,
-                        value: Some(ts.as_bytes()),
-                    })
+                let to_verdicts = self.verdicts.is_some();
+                let card = append(bytes, tx.card_id.as_bytes());
+                let start = bytes.len();
+                encode_verdict_into(bytes, v, now, slot.partition, slot.offset);
+                let output = Output::Verdict {
+                    card,
+                    json: start..bytes.len(),
+                    event_ms: tx.timestamp_ms,
+                    to_verdicts,
+                    to_alerts,
                 };
-                let mut primary = true;
-                if let Some(topic) = &self.verdicts {
-                    let token = self.token(slot, broker_ms, tx.timestamp_ms, primary);
-                    primary = false;
-                    let record = BaseRecord::with_opaque_to(topic, token)
-                        .key(tx.card_id.as_bytes())
-                        .payload(&bytes)
-                        .headers(headers());
-                    send(&self.producer, record)?;
-                }
-                if to_alerts {
-                    let token = self.token(slot, broker_ms, tx.timestamp_ms, primary);
-                    let record = BaseRecord::with_opaque_to(&self.alerts, token)
-                        .key(tx.card_id.as_bytes())
-                        .payload(&bytes)
-                        .headers(headers());
-                    send(&self.producer, record)?;
-                }
+                (output, u32::from(to_alerts) + u32::from(to_verdicts))
             }
             Err(rejected) => {
                 self.metrics.dead_letter(rejected.reason);
@@ -407,11 +547,55 @@ impl Emitter {
                     "dead letter: {}",
                     rejected.message
                 );
-                if let Some(t) = &self.tracker {
-                    t.expect(slot, 1);
+                (Output::Dead(rejected), 1)
+            }
+        }
+    }
+
+    fn send_outputs(
+        &self,
+        batch: &Batch,
+        job: &Job,
+        output: &Output,
+        bytes: &[u8],
+    ) -> Result<(), StreamError> {
+        let (slot, broker_ms) = (job.slot, job.broker_ms);
+        let ts = broker_ms.to_string();
+        let source_ts = || {
+            OwnedHeaders::new_with_capacity(1).insert(Header {
+                key: wire::HDR_SOURCE_TS,
+                value: Some(ts.as_bytes()),
+            })
+        };
+        let empty: &[u8] = &[];
+        match output {
+            Output::Verdict {
+                card,
+                json,
+                event_ms,
+                to_verdicts,
+                to_alerts,
+            } => {
+                let card = bytes.get(card.clone()).unwrap_or(empty);
+                let json = bytes.get(json.clone()).unwrap_or(empty);
+                let mut primary = true;
+                let topics = [
+                    self.verdicts.as_deref().filter(|_| *to_verdicts),
+                    Some(self.alerts.as_str()).filter(|_| *to_alerts),
+                ];
+                for topic in topics.into_iter().flatten() {
+                    let token = self.token(slot, broker_ms, *event_ms, primary);
+                    primary = false;
+                    let record = BaseRecord::with_opaque_to(topic, token)
+                        .key(card)
+                        .payload(json)
+                        .headers(source_ts());
+                    send(&self.producer, record)?;
                 }
+            }
+            Output::Dead(rejected) => {
                 let (partition, offset) = (slot.partition.to_string(), slot.offset.to_string());
-                let headers = OwnedHeaders::new()
+                let headers = OwnedHeaders::new_with_capacity(6)
                     .insert(Header {
                         key: wire::HDR_REASON,
                         value: Some(rejected.reason.as_str()),
@@ -434,48 +618,29 @@ impl Emitter {
                     })
                     .insert(Header {
                         key: wire::HDR_SOURCE_TS,
-                        value: Some(&broker_ms.to_string()),
+                        value: Some(&ts),
                     });
                 let token = self.token(slot, broker_ms, -1, true);
-                let empty: &[u8] = &[];
                 let mut record = BaseRecord::with_opaque_to(&self.dlq, token)
-                    .payload(payload.as_deref().unwrap_or(empty))
+                    .payload(batch.payload(job).unwrap_or(empty))
                     .headers(headers);
-                if let Some(k) = key.as_deref() {
+                if let Some(k) = batch.key(job) {
+                    record = record.key(k);
+                }
+                send(&self.producer, record)?;
+            }
+            Output::Copy => {
+                let topic = self.verdicts.as_deref().unwrap_or(&self.alerts);
+                let token = self.token(slot, broker_ms, -1, true);
+                let mut record = BaseRecord::with_opaque_to(topic, token)
+                    .payload(batch.payload(job).unwrap_or(empty))
+                    .headers(source_ts());
+                if let Some(k) = batch.key(job) {
                     record = record.key(k);
                 }
                 send(&self.producer, record)?;
             }
         }
-        let n = self.scored.fetch_add(1, Ordering::Relaxed) + 1;
-        if self.abort_after.is_some_and(|limit| n >= limit) {
-            tracing::error!("VIGIL_FAILPOINT_ABORT_AFTER reached after {n} records: aborting");
-            std::process::abort();
-        }
-        Ok(())
-    }
-
-    fn pass_through(&self, job: Job) -> Result<(), StreamError> {
-        self.metrics.record_in();
-        let topic = self.verdicts.as_deref().unwrap_or(&self.alerts);
-        if let Some(t) = &self.tracker {
-            t.expect(job.slot, 1);
-        }
-        let ts = job.broker_ms.to_string();
-        let headers = OwnedHeaders::new().insert(Header {
-            key: wire::HDR_SOURCE_TS,
-            value: Some(ts.as_bytes()),
-        });
-        let empty: &[u8] = &[];
-        let token = self.token(job.slot, job.broker_ms, -1, true);
-        let mut record = BaseRecord::with_opaque_to(topic, token)
-            .payload(job.payload.as_deref().unwrap_or(empty))
-            .headers(headers);
-        if let Some(k) = job.key.as_deref() {
-            record = record.key(k);
-        }
-        send(&self.producer, record)?;
-        self.scored.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -563,6 +728,7 @@ pub fn run_mode(
         assigned: Mutex::new(Vec::new()),
         txn: eos.then(|| Mutex::new(Txn::default())),
         status: Arc::clone(&status),
+        pending: Mutex::new(None),
     });
     let consumer: BaseConsumer<ReaderContext> = kafka::consumer_config(cfg, Some(&k.group))
         .create_with_context(ReaderContext {
@@ -590,22 +756,24 @@ pub fn run_mode(
 
     // Scoring threads (at-least-once only).
     let worker_failed = Arc::new(AtomicBool::new(false));
-    let mut senders: Vec<SyncSender<Job>> = Vec::new();
+    let mut senders: Vec<SyncSender<Batch>> = Vec::new();
     let mut workers: Vec<JoinHandle<()>> = Vec::new();
     let inline = if eos {
         Some(emitter(None))
     } else {
+        // The queue bound is in records; it holds whole batches.
+        let queue_batches = (cfg.pipeline.queue_capacity / MAX_BATCH).max(1);
         for i in 0..cfg.workers() {
-            let (tx, rx): (SyncSender<Job>, Receiver<Job>) =
-                sync_channel(cfg.pipeline.queue_capacity);
+            let (tx, rx): (SyncSender<Batch>, Receiver<Batch>) = sync_channel(queue_batches);
             let em = emitter(Some(Arc::clone(&tracker)));
             let failed = Arc::clone(&worker_failed);
             let tracker = Arc::clone(&tracker);
             let handle = std::thread::Builder::new()
                 .name(format!("vigil-score-{i}"))
                 .spawn(move || {
-                    for job in rx {
-                        if let Err(e) = em.emit(job) {
+                    let mut scratch = Scratch::default();
+                    for batch in rx {
+                        if let Err(e) = em.emit_batch(&batch, &mut scratch) {
                             tracker.fail(e.to_string());
                             failed.store(true, Ordering::Release);
                             return;
@@ -616,16 +784,49 @@ pub fn run_mode(
             senders.push(tx);
             workers.push(handle);
         }
+        *shared.lock_pending() = Some(Pending {
+            batches: (0..senders.len()).map(|_| Batch::default()).collect(),
+            senders,
+        });
         None
     };
+    let stopped_worker = || {
+        StreamError::Delivery(
+            tracker
+                .failure()
+                .unwrap_or_else(|| "a scoring thread stopped".into()),
+        )
+    };
+    // One-record batch for the exactly-once path, which scores inline.
+    let mut single = Batch::default();
+    let mut scratch = Scratch::default();
 
     let mut summary = Summary::default();
+    let mut last_flush = Instant::now();
     let mut last_commit = Instant::now();
     let commit_every = cfg.commit_interval();
     let in_flight = telemetry::in_flight(0);
     let mut fatal: Option<StreamError> = None;
     while !shutdown.is_triggered() {
-        let msg = consumer.poll(Duration::from_millis(100));
+        // With records pending for the workers, only take what is already there: when nothing
+        // is, the partial batches go out at once (batching never waits for more records).
+        let have_pending = shared
+            .lock_pending()
+            .as_ref()
+            .is_some_and(|p| !p.is_empty());
+        let wait = if have_pending {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
+        let msg = consumer.poll(wait);
+        // A steady stream keeps `poll` busy; a partition with few records still gets its
+        // partial batch handed over within MAX_BATCH_DELAY.
+        let msg_was_none = msg.is_none();
+        let flush_due = have_pending && last_flush.elapsed() >= MAX_BATCH_DELAY;
+        if msg.is_none() || flush_due {
+            last_flush = Instant::now();
+        }
         // Rebalances happen inside poll: rebuild what was just assigned before scoring from it.
         let newly: Vec<i32> = std::mem::take(&mut *shared.lock_newly());
         if !newly.is_empty() {
@@ -650,12 +851,7 @@ pub fn run_mode(
                     continue;
                 };
                 summary.records += 1;
-                let job = Job {
-                    slot,
-                    key: m.key().map(<[u8]>::to_vec),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    broker_ms: m.timestamp().to_millis().unwrap_or(-1),
-                };
+                let broker_ms = m.timestamp().to_millis().unwrap_or(-1);
                 if let Some(em) = &inline {
                     let txn = shared.txn.as_ref();
                     if let Some(txn) = txn {
@@ -669,7 +865,10 @@ pub fn run_mode(
                             t.opened = Some(Instant::now());
                         }
                     }
-                    if let Err(e) = em.emit(job) {
+                    single.bytes.clear();
+                    single.jobs.clear();
+                    single.push(slot, m.key(), m.payload(), broker_ms);
+                    if let Err(e) = em.emit_batch(&single, &mut scratch) {
                         fatal = Some(e);
                         break;
                     }
@@ -681,15 +880,22 @@ pub fn run_mode(
                         t.records += 1;
                     }
                 } else {
-                    let w = (partition.unsigned_abs() as usize) % senders.len();
-                    if senders[w].send(job).is_err() {
-                        fatal = Some(StreamError::Delivery(
-                            tracker
-                                .failure()
-                                .unwrap_or_else(|| "a scoring thread stopped".into()),
-                        ));
+                    let sent = shared
+                        .lock_pending()
+                        .as_mut()
+                        .map(|p| p.push(slot, m.key(), m.payload(), broker_ms));
+                    if sent != Some(Ok(())) {
+                        fatal = Some(stopped_worker());
                         break;
                     }
+                }
+            }
+        }
+        if have_pending && (msg_was_none || flush_due) {
+            if let Some(p) = shared.lock_pending().as_mut() {
+                if p.flush_all().is_err() {
+                    fatal = Some(stopped_worker());
+                    break;
                 }
             }
         }
@@ -719,7 +925,11 @@ pub fn run_mode(
 
     // Stop: no more records are read. Finish what was read, flush, commit, leave the group.
     tracing::info!("stopping: finishing in-flight records");
-    drop(senders);
+    if let Some(mut p) = shared.lock_pending().take() {
+        if fatal.is_none() && p.flush_all().is_err() {
+            fatal = Some(stopped_worker());
+        }
+    }
     for w in workers {
         let _ = w.join();
     }

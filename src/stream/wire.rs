@@ -173,37 +173,78 @@ pub fn encode_verdict(
     partition: i32,
     offset: i64,
 ) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct Out<'a> {
-        transaction_id: &'a str,
-        card_id: &'a str,
-        merchant_id: &'a str,
-        score: f32,
-        decision: Decision,
-        reasons: &'a [Reason],
-        model_id: &'a str,
-        model_version: &'a str,
-        event_time_ms: i64,
-        processing_time_ms: i64,
-        partition: i32,
-        offset: i64,
+    let mut out = Vec::with_capacity(320);
+    encode_verdict_into(&mut out, v, processing_time_ms, partition, offset);
+    out
+}
+
+/// [`encode_verdict`], appending to `buf`. Written by hand (the same bytes serde_json gives for
+/// the same fields, a unit test checks): a verdict is produced for every record, and the
+/// generic serializer cost as much as scoring the features.
+pub fn encode_verdict_into(
+    buf: &mut Vec<u8>,
+    v: &Verdict,
+    processing_time_ms: i64,
+    partition: i32,
+    offset: i64,
+) {
+    buf.extend_from_slice(b"{\"transaction_id\":");
+    json_str(buf, &v.transaction_id);
+    buf.extend_from_slice(b",\"card_id\":");
+    json_str(buf, &v.card_id);
+    buf.extend_from_slice(b",\"merchant_id\":");
+    json_str(buf, &v.merchant_id);
+    buf.extend_from_slice(b",\"score\":");
+    json_f32(buf, v.score);
+    buf.extend_from_slice(b",\"decision\":\"");
+    buf.extend_from_slice(v.decision.as_str().as_bytes());
+    buf.extend_from_slice(b"\",\"reasons\":[");
+    for (i, r) in v.reasons.iter().enumerate() {
+        if i > 0 {
+            buf.push(b',');
+        }
+        buf.extend_from_slice(b"{\"feature\":");
+        json_str(buf, &r.feature);
+        buf.extend_from_slice(b",\"value\":");
+        json_f32(buf, r.value);
+        buf.extend_from_slice(b",\"contribution\":");
+        json_f32(buf, r.contribution);
+        buf.push(b'}');
     }
-    let out = Out {
-        transaction_id: &v.transaction_id,
-        card_id: &v.card_id,
-        merchant_id: &v.merchant_id,
-        score: v.score,
-        decision: v.decision,
-        reasons: &v.reasons,
-        model_id: &v.model_id,
-        model_version: &v.model_version,
-        event_time_ms: v.event_time_ms,
-        processing_time_ms,
-        partition,
-        offset,
-    };
-    // Serializing plain strings and numbers cannot fail (a NaN score would become null).
-    serde_json::to_vec(&out).unwrap_or_default()
+    buf.extend_from_slice(b"],\"model_id\":");
+    json_str(buf, &v.model_id);
+    buf.extend_from_slice(b",\"model_version\":");
+    json_str(buf, &v.model_version);
+    let mut int = itoa::Buffer::new();
+    for (key, n) in [
+        (&b",\"event_time_ms\":"[..], v.event_time_ms),
+        (b",\"processing_time_ms\":", processing_time_ms),
+        (b",\"partition\":", i64::from(partition)),
+        (b",\"offset\":", offset),
+    ] {
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(int.format(n).as_bytes());
+    }
+    buf.push(b'}');
+}
+
+/// A JSON string; plain text (the usual id) is copied as is, anything needing escapes goes
+/// through serde_json.
+fn json_str(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    } else {
+        // Writing a string into memory cannot fail.
+        let _ = serde_json::to_writer(&mut *buf, s);
+    }
+}
+
+/// A JSON number as serde_json writes an `f32` (shortest round-trip form; `null` if not finite).
+fn json_f32(buf: &mut Vec<u8>, x: f32) {
+    // Writing a number into memory cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, &x);
 }
 
 /// Current wall-clock time, epoch ms.
@@ -289,5 +330,80 @@ mod tests {
         assert_eq!((r.partition, r.offset, r.processing_time_ms), (3, 42, 99));
         assert_eq!(r.reasons, v.reasons);
         assert!(String::from_utf8_lossy(&bytes).contains(r#""decision":"review""#));
+    }
+
+    /// The hand-written encoder writes exactly what serde_json writes for the same fields.
+    #[test]
+    fn verdict_encoding_equals_serde_json() {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            transaction_id: &'a str,
+            card_id: &'a str,
+            merchant_id: &'a str,
+            score: f32,
+            decision: Decision,
+            reasons: &'a [Reason],
+            model_id: &'a str,
+            model_version: &'a str,
+            event_time_ms: i64,
+            processing_time_ms: i64,
+            partition: i32,
+            offset: i64,
+        }
+        let reason = |f: &str, value: f32, contribution: f32| Reason {
+            feature: f.into(),
+            value,
+            contribution,
+        };
+        let cases = [
+            ("t1", "c1", 0.75, vec![reason("amount", 12.5, 0.25)], -1i64),
+            (
+                "tx \"quoted\" \\ back\nline\u{1}é€",
+                "ça\t",
+                f32::NAN,
+                vec![
+                    reason("a", f32::INFINITY, -0.0),
+                    reason("b", 1e-40, 3.4e38),
+                    reason("c\"", 0.1, -123_456.79),
+                ],
+                i64::MIN,
+            ),
+            ("", "", 0.0, vec![], i64::MAX),
+        ];
+        for (id, card, score, reasons, time) in cases {
+            for decision in [Decision::Approve, Decision::Review, Decision::Decline] {
+                let v = Verdict {
+                    transaction_id: id.into(),
+                    card_id: card.into(),
+                    merchant_id: "m/1".into(),
+                    event_time_ms: time,
+                    score,
+                    decision,
+                    reasons: reasons.clone(),
+                    model_id: "default".into(),
+                    model_version: "v\"2".into(),
+                };
+                let expected = serde_json::to_vec(&Out {
+                    transaction_id: &v.transaction_id,
+                    card_id: &v.card_id,
+                    merchant_id: &v.merchant_id,
+                    score: v.score,
+                    decision: v.decision,
+                    reasons: &v.reasons,
+                    model_id: &v.model_id,
+                    model_version: &v.model_version,
+                    event_time_ms: v.event_time_ms,
+                    processing_time_ms: 7,
+                    partition: -1,
+                    offset: i64::MAX,
+                })
+                .expect("serializes");
+                let got = encode_verdict(&v, 7, -1, i64::MAX);
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&expected)
+                );
+            }
+        }
     }
 }

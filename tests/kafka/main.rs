@@ -432,7 +432,7 @@ fn hot_reload_under_load_switches_models_without_a_gap_and_refuses_a_bad_file() 
     // The new model's verdicts use its thresholds, and carry its id.
     for v in all.iter().filter(|v| v.model_version == header.version) {
         assert_eq!(v.decision, header.thresholds.decide(v.score));
-        assert_eq!(v.model_id, "reloaded");
+        assert_eq!(&*v.model_id, "reloaded");
     }
 }
 
