@@ -112,21 +112,66 @@ pub fn grpc_task(api_args: ApiArgs) -> Result<vigil::serve::ExtraTask> {
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("--grpc-addr {addr}: cannot listen"))?;
-            let local = listener.local_addr()?;
-            eprintln!("gRPC API listening on {local}");
-            if settings.tokens.is_empty() && !local.ip().is_loopback() {
-                tracing::warn!(
-                    "the gRPC API accepts calls from the network without authentication"
-                );
-            }
-            api::serve(CoreSlot::with(core), settings, listener, async move {
-                shutdown.wait().await
-            })
-            .await
-            .context("gRPC server stopped")?;
-            Ok(())
+            serve_on(core, settings, listener, shutdown, true).await
         })
     }))
+}
+
+/// Binds the gRPC address at once, so that a busy port stops the command before anything else
+/// starts, with a message that says what to do about it.
+pub fn bind_grpc(addr: &str) -> Result<std::net::TcpListener> {
+    std::net::TcpListener::bind(addr).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (is another vigil serving there?)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!(
+            "--grpc-addr {addr}: cannot listen: {e}{hint}; pick another address \
+             (`--grpc-addr 127.0.0.1:0` takes a free port) or turn the gRPC API off with \
+             `--grpc-addr ''`"
+        )
+    })
+}
+
+/// The gRPC server on a listener bound beforehand (see [`bind_grpc`]), as an extra task:
+/// same core, same shutdown. Prints nothing; the caller announced the address.
+pub fn grpc_task_on(
+    listener: std::net::TcpListener,
+    settings: ApiSettings,
+) -> Result<vigil::serve::ExtraTask> {
+    listener
+        .set_nonblocking(true)
+        .context("gRPC listener: cannot make it non-blocking")?;
+    Ok(Box::new(move |core, shutdown| {
+        Box::pin(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .context("gRPC listener: cannot hand it to the runtime")?;
+            serve_on(core, settings, listener, shutdown, false).await
+        })
+    }))
+}
+
+async fn serve_on(
+    core: Arc<ScoringCore>,
+    settings: ApiSettings,
+    listener: tokio::net::TcpListener,
+    shutdown: vigil::shutdown::Shutdown,
+    announce: bool,
+) -> Result<()> {
+    let local = listener.local_addr()?;
+    if announce {
+        eprintln!("gRPC API listening on {local}");
+    }
+    if settings.tokens.is_empty() && !local.ip().is_loopback() {
+        tracing::warn!("the gRPC API accepts calls from the network without authentication");
+    }
+    api::serve(CoreSlot::with(core), settings, listener, async move {
+        shutdown.wait().await
+    })
+    .await
+    .context("gRPC server stopped")?;
+    Ok(())
 }
 
 fn runtime(threads: Option<usize>) -> Result<tokio::runtime::Runtime> {

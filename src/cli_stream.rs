@@ -139,6 +139,10 @@ pub struct DemoArgs {
     /// Partitions of the demo's transactions topic.
     #[arg(long, default_value_t = 4)]
     pub partitions: u32,
+    /// host:port of the gRPC API while the demo runs, on the same scoring state as the Kafka
+    /// path (port 0 picks a free one; empty: off). A busy port stops the demo at once.
+    #[arg(long, default_value = vigil::api::config::DEFAULT_ADDR)]
+    pub grpc_addr: String,
 }
 
 /// The configuration from `--config`, the environment and the flags.
@@ -309,6 +313,12 @@ pub fn cmd_replay(a: ReplayArgs) -> Result<()> {
 /// `vigil serve` scores it, alerts are printed as they arrive on the alerts topic.
 pub fn cmd_demo(a: DemoArgs) -> Result<()> {
     let model = serve::load_model(&a.model)?;
+    // Bound before anything else starts, so a busy port is reported first and plainly.
+    let grpc = if a.grpc_addr.trim().is_empty() {
+        None
+    } else {
+        Some(crate::api_cli::bind_grpc(a.grpc_addr.trim())?)
+    };
     let bars = Bars::new();
     let history = read_history(&a.history, &bars)?;
     let txs = Arc::new(history.transactions);
@@ -351,6 +361,21 @@ pub fn cmd_demo(a: DemoArgs) -> Result<()> {
             format!("; metrics on http://{}/metrics", a.metrics_addr)
         }
     );
+    let mut opts = ServeOptions::default();
+    if let Some(listener) = grpc {
+        let local = listener
+            .local_addr()
+            .context("the gRPC listener has no address")?;
+        println!(
+            "gRPC API on {local}, sharing the Kafka path's scoring state (StreamAlerts carries the \
+             alerts below); while the demo runs, try\n  {}\n",
+            score_example(&local.to_string(), &txs)
+        );
+        opts.extra.push(crate::api_cli::grpc_task_on(
+            listener,
+            vigil::api::ApiSettings::default(),
+        )?);
+    }
 
     let shutdown = Shutdown::new();
     let producer = {
@@ -372,7 +397,7 @@ pub fn cmd_demo(a: DemoArgs) -> Result<()> {
         std::thread::spawn(move || watch_outputs(&brokers, &txs, show, &shutdown))
     };
     let started = Instant::now();
-    let served = serve::run(cfg, ServeOptions::default(), shutdown.clone());
+    let served = serve::run(cfg, opts, shutdown.clone());
     shutdown.trigger();
     let sent = producer
         .join()
@@ -411,6 +436,51 @@ pub fn cmd_demo(a: DemoArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A ready-to-paste `vigil score` call for the demo's API: the history's busiest card, a minute
+/// after its last transaction before two thirds of the history's time span. From the time the
+/// replay gets within a month of that moment until the end, the card's windows at that time hold
+/// transactions, so the call shows state the Kafka path built. A dry run: scored from that
+/// state, recorded nowhere (recorded, a transaction timed ahead of the replay would make its
+/// partition's later records late).
+fn score_example(addr: &str, txs: &[vigil::record::Transaction]) -> String {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for t in txs {
+        *counts.entry(t.card_id.as_str()).or_default() += 1;
+    }
+    let busiest = counts
+        .into_iter()
+        .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+        .map(|(card, _)| card);
+    let (first, end) = txs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), t| {
+        (lo.min(t.timestamp_ms), hi.max(t.timestamp_ms))
+    });
+    let at = first.saturating_add(end.saturating_sub(first) / 3 * 2);
+    let last = busiest.and_then(|c| {
+        let card = || txs.iter().filter(move |t| t.card_id == c);
+        card()
+            .filter(|t| t.timestamp_ms <= at)
+            .max_by_key(|t| t.timestamp_ms)
+            .or_else(|| card().min_by_key(|t| t.timestamp_ms))
+    });
+    // Written out field by field to keep the record's order (ids, time, amount, context).
+    let text = |v: &str| serde_json::Value::from(v).to_string();
+    let json = match last {
+        Some(t) => format!(
+            r#"{{"transaction_id":"demo-try-1","timestamp":{},"card_id":{},"merchant_id":{},"amount":950.0{}}}"#,
+            text(&format_timestamp(t.timestamp_ms.saturating_add(60_000))),
+            text(&t.card_id),
+            text(&t.merchant_id),
+            t.country
+                .as_deref()
+                .map_or(String::new(), |c| format!(r#","country":{}"#, text(c)))
+        ),
+        None => r#"{"transaction_id":"demo-try-1","timestamp":"2018-06-20T10:00:00Z","card_id":"c1","merchant_id":"m1","amount":950.0}"#.to_string(),
+    };
+    // Single-quoted for the shell: a quote inside ends the quoting, is escaped, and reopens it.
+    let quoted = json.replace('\'', r"'\''");
+    format!("vigil score --addr {addr} --dry-run --features '{quoted}'")
 }
 
 #[derive(Default)]

@@ -2,7 +2,7 @@
 //! port 0, `vigil score` against it (argument, stdin, refusals, tokens), flag errors naming the
 //! flag, and a clean stop on SIGTERM.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -239,4 +239,180 @@ fn bad_flags_are_named() {
         c
     });
     assert!(err.contains("/nonexistent/model.vgm"), "{err}");
+}
+
+/// The first `rows` transactions of the committed sample, as a history file of their own.
+fn small_history(dir: &std::path::Path, rows: usize) -> std::path::PathBuf {
+    let sample = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/sample.csv"),
+    )
+    .expect("the committed sample");
+    let path = dir.join("history.csv");
+    let head: Vec<&str> = sample.lines().take(rows + 1).collect();
+    std::fs::write(&path, head.join("\n") + "\n").expect("write the history");
+    path
+}
+
+#[test]
+fn demo_serves_grpc_on_the_kafka_paths_state_and_alerts() {
+    use tokio_stream::StreamExt;
+    use vigil::api::{client::ClientOptions, pb};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rows = 2000;
+    let data = small_history(dir.path(), rows);
+    // Slow enough (about 8 s) for calls while the replay is still going.
+    let mut child = vigil()
+        .args(["demo", "--grpc-addr", "127.0.0.1:0", "--metrics-addr", ""])
+        .args(["--rate", "250", "--show", "1000000", "--data"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("demo starts");
+    let stdout = child.stdout.take().expect("piped");
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    let example = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("the demo printed no `vigil score` example: {printed:?}"));
+        printed.push(line.clone());
+        if let Some(cmd) = line.trim().strip_prefix("vigil score ") {
+            break cmd.to_string();
+        }
+    };
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.starts_with("gRPC API on 127.0.0.1:")),
+        "{printed:?}"
+    );
+    let addr = example
+        .split_whitespace()
+        .skip_while(|w| *w != "--addr")
+        .nth(1)
+        .expect("the example names the address")
+        .to_string();
+
+    // Subscribe to the alert stream while the demo runs (a thread of its own drives it).
+    let (subscribed_tx, subscribed) = mpsc::channel();
+    let collected = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let mut client = ClientOptions {
+                addr,
+                ..Default::default()
+            }
+            .connect()
+            .await
+            .expect("connects to the demo's gRPC API");
+            let mut stream = client
+                .stream_alerts(pb::AlertFilter::default())
+                .await
+                .expect("subscribes")
+                .into_inner();
+            let _ = subscribed_tx.send(());
+            let mut ids = Vec::new();
+            while let Some(alert) = stream.next().await {
+                let alert = alert.expect("the alert stream ends without an error");
+                if let Some(pb::alert::Event::Verdict(v)) = alert.event {
+                    ids.push(v.transaction_id);
+                }
+            }
+            ids
+        })
+    });
+    subscribed
+        .recv_timeout(Duration::from_secs(30))
+        .expect("subscribed to StreamAlerts");
+
+    // The printed command, pasted into a shell, works and sees the card's history as the
+    // Kafka path builds it.
+    let vigil_bin = env!("CARGO_BIN_EXE_vigil");
+    let mut saw_history = false;
+    for _ in 0..40 {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!("'{vigil_bin}' score {example} --json-output"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("sh runs");
+        assert!(
+            out.status.success(),
+            "the printed example fails: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON verdict");
+        assert_eq!(v["placement"], "dry run (not recorded)", "{v}");
+        let count = v["features"]["card_count_30d"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no card_count_30d feature: {v}"));
+        if count > 0.0 {
+            saw_history = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    assert!(
+        saw_history,
+        "the gRPC API never saw the card's transactions from Kafka"
+    );
+
+    let status = child.wait().expect("the demo exits");
+    let rest: Vec<String> = lines.try_iter().collect();
+    let mut stderr = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr);
+    assert!(status.success(), "demo: {status}: {rest:?}\n{stderr}");
+    assert!(
+        rest.iter().any(|l| l.contains(&format!("{rows} verdicts"))),
+        "{rest:?}"
+    );
+    // The stream ended with the demo, and every alert on it is one the Kafka path printed
+    // (alerts scored before the subscription are not on it).
+    let on_grpc = collected.join().expect("collector thread");
+    let printed_alerts: std::collections::HashSet<String> = printed
+        .iter()
+        .chain(&rest)
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip_while(|w| *w != "tx");
+            w.next()?;
+            w.next().map(str::to_string)
+        })
+        .collect();
+    assert!(!on_grpc.is_empty(), "no alert reached the gRPC stream");
+    for id in &on_grpc {
+        assert!(printed_alerts.contains(id), "{id} was not a Kafka alert");
+    }
+}
+
+#[test]
+fn demo_on_a_busy_grpc_port_says_what_to_do() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let err = stderr_of({
+        let mut c = vigil();
+        c.args(["demo", "--metrics-addr", "", "--grpc-addr", &addr]);
+        c
+    });
+    assert!(
+        err.contains(&format!("--grpc-addr {addr}: cannot listen")),
+        "{err}"
+    );
+    assert!(err.contains("--grpc-addr 127.0.0.1:0"), "{err}");
+    assert!(err.contains("--grpc-addr ''"), "{err}");
 }

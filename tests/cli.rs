@@ -214,11 +214,22 @@ fn bad_history_rows_name_file_line_column_and_value() {
 #[test]
 fn shipped_default_model_serves_the_sample() {
     let mut c = vigil();
-    c.args(["demo", "--show", "3", "--metrics-addr", ""]);
+    c.args([
+        "demo",
+        "--show",
+        "3",
+        "--metrics-addr",
+        "",
+        "--grpc-addr",
+        "127.0.0.1:0",
+    ]);
     let out = ok(c);
     assert!(
         out.contains("40000 transactions") && out.contains("through Kafka"),
         "{out}"
     );
     assert!(out.contains("40000 verdicts"), "{out}");
+    // The gRPC API ran next to it, announced with a command to try.
+    assert!(out.contains("gRPC API on 127.0.0.1:"), "{out}");
+    assert!(out.contains("vigil score --addr 127.0.0.1:"), "{out}");
 }

@@ -658,3 +658,149 @@ fn the_labels_topic_feeds_the_scoring_core() {
     });
     assert!(serve.terminate().success(), "{}", serve.log_text());
 }
+
+#[test]
+#[ignore = "needs a tansu broker: scripts/test.sh runs it"]
+fn an_alert_from_the_kafka_path_reaches_the_grpc_alert_stream() {
+    use tokio_stream::StreamExt;
+    use vigil::api::{client::ClientOptions, convert, pb};
+
+    let broker = Broker::start();
+    let b = broker.brokers();
+    let names = Names::new("grpc-alerts");
+    names.create(&b, PARTITIONS);
+    let grpc = free_addr();
+    let mut spec = ServeSpec::new(&b, &names);
+    spec.args = vec!["--grpc-addr".into(), grpc.clone()];
+    let mut serve = spec.start();
+
+    // Subscribe before anything is produced: the server registers a subscriber before it
+    // answers the call, so every alert scored after `stream_alerts` returns reaches it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut stream = rt.block_on(async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let opts = ClientOptions {
+                addr: grpc.clone(),
+                connect_timeout: Some(Duration::from_secs(2)),
+                ..Default::default()
+            };
+            let attempt = match opts.connect().await {
+                Ok(mut client) => client
+                    .stream_alerts(pb::AlertFilter::default())
+                    .await
+                    .map(tonic::Response::into_inner)
+                    .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+                Err(e) => Err(e.to_string()),
+            };
+            match attempt {
+                Ok(s) => break s,
+                Err(e) => {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the gRPC API of vigil serve never took a StreamAlerts call: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    });
+    let (alerts_tx, alerts_rx) = std::sync::mpsc::channel::<pb::Alert>();
+    let collector = rt.spawn(async move {
+        while let Some(item) = stream.next().await {
+            let alert = item.expect("the alert stream ends without an error");
+            if alerts_tx.send(alert).is_err() {
+                break;
+            }
+        }
+    });
+
+    let txs = sample(2000);
+    let ids: HashSet<&str> = txs.iter().map(|t| t.transaction_id.as_str()).collect();
+    let inputs: Vec<Input> = txs.iter().map(Input::tx).collect();
+    produce(&b, &names.transactions, &inputs, None);
+
+    // What the Kafka path said: every transaction's verdict, then the alerts topic.
+    let mut verdicts = Reader::new(&b, &names.verdicts, false);
+    verdicts.read_until_verdicts_for(&ids, Duration::from_secs(120));
+    let flagged = verdicts
+        .records
+        .iter()
+        .map(Record::verdict)
+        .filter(|v| v.decision != Decision::Approve)
+        .count();
+    assert!(flagged > 0, "some of the sample's transactions are flagged");
+    let mut alerts = Reader::new(&b, &names.alerts, false);
+    alerts.read_until(Duration::from_secs(60), "every alert on Kafka", |r| {
+        r.len() >= flagged
+    });
+    alerts.read_for(Duration::from_millis(500));
+    let key =
+        |id: &str, score: f32, decision: Decision| (id.to_string(), score.to_bits(), decision);
+    let mut on_kafka: Vec<(String, u32, Decision)> = alerts
+        .records
+        .iter()
+        .map(Record::verdict)
+        .filter(|v| ids.contains(v.transaction_id.as_str()))
+        .map(|v| key(&v.transaction_id, v.score, v.decision))
+        .collect();
+    on_kafka.sort();
+    assert_eq!(
+        on_kafka.len(),
+        flagged,
+        "one Kafka alert per flagged verdict"
+    );
+
+    // What the gRPC stream said: the same alerts, no more, none skipped.
+    let mut on_grpc = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while on_grpc.len() < on_kafka.len() && std::time::Instant::now() < deadline {
+        if let Ok(a) = alerts_rx.recv_timeout(Duration::from_millis(200)) {
+            on_grpc.push(a);
+        }
+    }
+    // Anything extra (a duplicate, say) would arrive about now.
+    while let Ok(a) = alerts_rx.recv_timeout(Duration::from_secs(1)) {
+        on_grpc.push(a);
+    }
+    let mut got: Vec<(String, u32, Decision)> = on_grpc
+        .into_iter()
+        .map(|a| match a.event {
+            Some(pb::alert::Event::Verdict(v)) => {
+                let v = convert::verdict_from_pb(v).expect("a well-formed verdict");
+                key(&v.transaction_id, v.score, v.decision)
+            }
+            other => panic!("the subscriber was not expected to miss alerts: {other:?}"),
+        })
+        .collect();
+    got.sort();
+    // On failure, name the differences (transaction, score, decision), not both whole lists.
+    let show = |v: Vec<&(String, u32, Decision)>| -> Vec<String> {
+        v.into_iter()
+            .map(|(id, bits, d)| format!("{id} {:.4} {}", f32::from_bits(*bits), d.as_str()))
+            .collect()
+    };
+    let missing = show(on_kafka.iter().filter(|a| !got.contains(a)).collect());
+    let extra = show(got.iter().filter(|a| !on_kafka.contains(a)).collect());
+    assert!(
+        got == on_kafka,
+        "the gRPC alert stream should carry exactly the {} alerts on Kafka; it carried {}: \
+         missing {missing:?}, not on Kafka {extra:?} (if neither, a duplicate)",
+        on_kafka.len(),
+        got.len()
+    );
+
+    // A subscriber still connected does not hold up a graceful stop; its stream just ends.
+    let status = serve.terminate();
+    assert!(status.success(), "graceful shutdown: {status:?}");
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), collector)
+            .await
+            .expect("the alert stream ends with the server")
+            .expect("collector task");
+    });
+}
