@@ -405,6 +405,8 @@ fn placement_name(p: i32) -> &'static str {
 }
 
 fn print_response(r: pb::ScoreResponse, json: bool) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut text = String::new();
     let v = r
         .verdict
         .context("the server answered without a verdict")
@@ -425,10 +427,11 @@ fn print_response(r: pb::ScoreResponse, json: bool) -> Result<()> {
         if !features.is_empty() {
             out["features"] = serde_json::Value::Object(features);
         }
-        println!("{out}");
-        return Ok(());
+        let _ = writeln!(text, "{out}");
+        return write_stdout(&text);
     }
-    println!(
+    let _ = writeln!(
+        text,
         "{} score {:.4}  tx {} card {} merchant {} at {}",
         v.decision.as_str(),
         v.score,
@@ -438,12 +441,14 @@ fn print_response(r: pb::ScoreResponse, json: bool) -> Result<()> {
         format_timestamp(v.event_time_ms)
     );
     for reason in &v.reasons {
-        println!(
+        let _ = writeln!(
+            text,
             "  because {} = {:.4} (+{:.3})",
             reason.feature, reason.value, reason.contribution
         );
     }
-    println!(
+    let _ = writeln!(
+        text,
         "  model {}@{}, partition {}, {}",
         v.model_id,
         v.model_version,
@@ -451,9 +456,20 @@ fn print_response(r: pb::ScoreResponse, json: bool) -> Result<()> {
         placement_name(r.placement)
     );
     for f in &r.features {
-        println!("  feature {} = {}", f.name, f.value);
+        let _ = writeln!(text, "  feature {} = {}", f.name, f.value);
     }
-    Ok(())
+    write_stdout(&text)
+}
+
+/// Writes to stdout; a reader that went away (`vigil score ... | head`) is not an error.
+fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(e).context("writing the verdict to stdout"))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[derive(Args, Debug)]
