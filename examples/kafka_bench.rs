@@ -13,7 +13,7 @@
 //!    receive time minus the input record's broker timestamp (carried in a header).
 //!
 //! `cargo run --release --example kafka_bench -- --brokers 127.0.0.1:9092 [--records 200000]
-//!  [--partitions 4] [--rounds 2] [--latency-seconds 10]`
+//!  [--partitions 4] [--rounds 2] [--latency-seconds 10] [--workers 0]`
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -45,6 +45,8 @@ struct Args {
     partitions: u32,
     rounds: usize,
     latency_seconds: f64,
+    /// Scoring threads (`pipeline.workers`; 0 = one per core, the default).
+    workers: usize,
 }
 
 fn args() -> Result<Args> {
@@ -55,6 +57,7 @@ fn args() -> Result<Args> {
         partitions: 4,
         rounds: 2,
         latency_seconds: 10.0,
+        workers: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,6 +69,7 @@ fn args() -> Result<Args> {
             "--partitions" => a.partitions = v.parse()?,
             "--rounds" => a.rounds = v.parse()?,
             "--latency-seconds" => a.latency_seconds = v.parse()?,
+            "--workers" => a.workers = v.parse()?,
             _ => bail!("unknown flag {flag}"),
         }
     }
@@ -81,6 +85,7 @@ fn config(a: &Args, input: &str, group: &str, output: &str) -> Config {
     c.kafka.alerts_topic = format!("{output}.alerts");
     c.kafka.dlq_topic = format!("{output}.dlq");
     c.pipeline.commit_interval = "100ms".into();
+    c.pipeline.workers = a.workers;
     c.http.metrics_addr = String::new();
     c
 }
