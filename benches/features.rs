@@ -67,6 +67,24 @@ fn run(engine: &mut FeatureEngine, items: &[Item], row: &mut [f32]) {
     }
 }
 
+/// The transactions of `items`, and each label with the index of the transaction it precedes.
+fn split(
+    items: &[Item],
+) -> (
+    Vec<vigil::record::Transaction>,
+    Vec<(usize, vigil::record::LabelEvent)>,
+) {
+    let mut txs = Vec::with_capacity(items.len());
+    let mut labels = Vec::new();
+    for item in items {
+        match item {
+            Item::Tx(tx) => txs.push(tx.clone()),
+            Item::Label(l) => labels.push((txs.len(), l.clone())),
+        }
+    }
+    (txs, labels)
+}
+
 /// A stream and an engine that has processed 1.3 spans of it.
 fn warm(
     name: &str,
@@ -121,6 +139,38 @@ fn bench_spec(c: &mut Criterion, name: &str, spec: Arc<FeatureSpec>, span_ms: i6
                     stream.fill(n, &mut items);
                     let start = Instant::now();
                     run(engine, &items, &mut row);
+                    total += start.elapsed();
+                    left -= n;
+                }
+                total
+            })
+        });
+        // The same stream through `process_batch` (what replays and the trainer use): memory
+        // latency of one event overlapped with the work of others.
+        let mut rows = Vec::new();
+        let mut outcomes = Vec::new();
+        group.bench_function(BenchmarkId::new("batch", cards), |b| {
+            let (stream, engine) = state
+                .get_or_insert_with(|| warm(name, cards, &spec, span_ms, &mut items, &mut row));
+            let nf = engine.spec().n_features();
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut left = iters as usize;
+                while left > 0 {
+                    let n = left.min(CHUNK);
+                    items.clear();
+                    stream.fill(n, &mut items);
+                    let (txs, labels) = split(&items);
+                    rows.resize(txs.len() * nf, 0.0);
+                    outcomes.resize(txs.len(), vigil::features::EventOutcome::InOrder);
+                    let start = Instant::now();
+                    let mut next = 0;
+                    engine.process_batch(&txs, &mut rows, &mut outcomes, |e, i| {
+                        while labels.get(next).is_some_and(|(at, _)| *at == i) {
+                            e.observe_label(&labels[next].1);
+                            next += 1;
+                        }
+                    });
                     total += start.elapsed();
                     left -= n;
                 }

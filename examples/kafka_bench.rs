@@ -231,6 +231,7 @@ fn latency(
     reader.assign(&tpl)?;
     let producer = {
         let opts = ReplayOptions {
+            format: Default::default(),
             brokers: a.brokers.clone(),
             topic: input.clone(),
             labels_topic: None,
@@ -300,6 +301,7 @@ fn main() -> Result<()> {
     let input = format!("bench-in-{tag}");
     kafka::ensure_topics(&a.brokers, &[&input], a.partitions)?;
     let opts = ReplayOptions {
+        format: Default::default(),
         brokers: a.brokers.clone(),
         topic: input.clone(),
         labels_topic: None,

@@ -106,6 +106,10 @@ pub struct ReplayArgs {
     /// Records per second (default: as fast as possible).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Encoding of the transactions: json, or protobuf (vigil.v1.Transaction; the scorer needs
+    /// `kafka.input_format = "protobuf"`).
+    #[arg(long, default_value = "json", value_parser = ["json", "protobuf"])]
+    pub format: String,
     /// Also produce each row's label to this topic when it becomes known.
     #[arg(long)]
     pub labels_topic: Option<String>,
@@ -274,6 +278,7 @@ pub fn cmd_replay(a: ReplayArgs) -> Result<()> {
         label_latency_ms: vigil::features::parse_duration("7d").unwrap_or(0),
         rate: a.rate,
         producer: properties(&a.producer)?,
+        format: vigil::stream::wire::InputFormat::parse(&a.format).unwrap_or_default(),
     };
     let shutdown = Shutdown::new();
     let n = history.transactions.len() as u64;
@@ -387,6 +392,7 @@ pub fn cmd_demo(a: DemoArgs) -> Result<()> {
             label_latency_ms: model.spec.label_latency_ms(),
             rate: a.rate,
             producer: Vec::new(),
+            format: Default::default(),
         };
         let shutdown = shutdown.clone();
         std::thread::spawn(move || replay::replay(&txs, &opts, &shutdown, |_| {}))

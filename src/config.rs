@@ -59,7 +59,7 @@ pub struct KafkaConfig {
     /// `transactional.id` with `exactly_once`; empty = `vigil-<group>-<hostname>`. Give every
     /// instance its own, stable across its restarts.
     pub transactional_id: String,
-    /// Wire format of `transactions`: `json` (protobuf is a follow-up).
+    /// Wire format of `transactions`: `json` or `protobuf` (`vigil.v1.Transaction`).
     pub input_format: String,
     /// Create missing topics at start (partitions below, replication 1; for tests and demos).
     pub create_topics: bool,
@@ -118,7 +118,8 @@ impl Default for ModelConfig {
 pub struct PipelineConfig {
     /// Scoring threads (a partition always goes to the same one); 0 = one per core.
     pub workers: usize,
-    /// Records waiting per scoring thread; when full, the consumer stops fetching.
+    /// Records waiting per scoring thread (held as batches of up to 256, so rounded down to a
+    /// multiple of 256, at least one batch); when full, the consumer stops fetching.
     pub queue_capacity: usize,
     /// How often acknowledged offsets are committed (at-least-once).
     pub commit_interval: String,
@@ -577,12 +578,13 @@ impl Config {
                 return err(key, "must not be empty".into());
             }
         }
-        if k.input_format != "json" {
+        if crate::stream::wire::InputFormat::parse(&k.input_format).is_none() {
             return err(
                 "kafka.input_format",
                 format!(
-                    "`{}` is not supported; only `json` is (protobuf input is not implemented yet)",
-                    k.input_format
+                    "`{}` is not a format; one of {}",
+                    k.input_format,
+                    crate::stream::wire::InputFormat::NAMES.join(", ")
                 ),
             );
         }
@@ -705,6 +707,10 @@ impl Config {
     pub fn labels_topic(&self) -> Option<&str> {
         Some(self.kafka.labels_topic.as_str()).filter(|t| !t.is_empty())
     }
+    /// The transactions topic's format (validated: JSON only for a config never validated).
+    pub fn input_format(&self) -> crate::stream::wire::InputFormat {
+        crate::stream::wire::InputFormat::parse(&self.kafka.input_format).unwrap_or_default()
+    }
 }
 
 /// The commented example `vigil config example` prints. Every value is the default.
@@ -737,7 +743,8 @@ exactly_once = false
 # transactional.id for exactly_once; empty = vigil-<group>-<hostname>. Give every instance
 # its own id, stable across its restarts.
 transactional_id = ""
-# Wire format of the transactions topic: json.
+# Wire format of the transactions topic: json, or protobuf (vigil.v1.Transaction from
+# proto/vigil/v1/scoring.proto, validated like a gRPC request).
 input_format = "json"
 # Create missing topics at start (create_partitions partitions, replication factor 1).
 create_topics = false
@@ -766,7 +773,8 @@ poll_interval = "1s"
 [pipeline]
 # Scoring threads (each partition always goes to the same one); 0 = one per core.
 workers = 0
-# Records waiting per scoring thread; when full, the consumer stops fetching (backpressure).
+# Records waiting per scoring thread (in batches of up to 256); when full, the consumer stops
+# fetching (backpressure).
 queue_capacity = 2048
 # How often acknowledged offsets are committed (at-least-once).
 commit_interval = "1s"
@@ -902,7 +910,7 @@ mod tests {
 
         let e = error_of(
             Loader::new()
-                .assign("kafka.input_format=protobuf", "--set")
+                .assign("kafka.input_format=xml", "--set")
                 .and_then(Loader::build),
         );
         assert!(e.contains("kafka.input_format"), "{e}");

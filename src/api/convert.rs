@@ -112,6 +112,30 @@ pub fn transaction(t: pb::Transaction) -> Result<Transaction, FieldError> {
     })
 }
 
+/// Why protobuf bytes are not a transaction to score (the Kafka path's protobuf input).
+#[derive(Debug, Clone, PartialEq)]
+pub enum BytesError {
+    /// Not a `vigil.v1.Transaction` message at all.
+    Decode(String),
+    /// A message whose fields fail validation.
+    Invalid(FieldError),
+}
+
+/// A `vigil.v1.Transaction` in protobuf bytes (a record of the transactions topic with
+/// `kafka.input_format = "protobuf"`), validated like a gRPC request.
+pub fn transaction_from_bytes(bytes: &[u8]) -> Result<Transaction, BytesError> {
+    use prost::Message as _;
+    let t = pb::Transaction::decode(bytes)
+        .map_err(|e| BytesError::Decode(format!("not a protobuf vigil.v1.Transaction: {e}")))?;
+    transaction(t).map_err(BytesError::Invalid)
+}
+
+/// `tx` as protobuf bytes (`vigil replay --format protobuf`).
+pub fn transaction_to_bytes(tx: &Transaction) -> Vec<u8> {
+    use prost::Message as _;
+    transaction_to_pb(tx).encode_to_vec()
+}
+
 /// A Score request: the validated transaction and how to score it.
 pub fn score_request(req: pb::ScoreRequest) -> Result<(Transaction, ScoreOptions), FieldError> {
     let opts = ScoreOptions {

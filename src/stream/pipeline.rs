@@ -61,7 +61,7 @@ use crate::telemetry::{self, StreamMetrics};
 use super::kafka;
 use super::offsets::{OffsetTracker, Slot};
 use super::rebuild;
-use super::wire::{self, decode_transaction, encode_verdict_into};
+use super::wire::{self, decode_transaction_as, encode_verdict_into, InputFormat};
 use super::{Status, StreamError, Summary};
 
 /// What the delivery callback needs to acknowledge one output message.
@@ -439,6 +439,7 @@ struct Emitter {
     verdicts: Option<String>,
     dlq: String,
     source_topic: String,
+    format: InputFormat,
     scored: Arc<AtomicU64>,
     abort_after: Option<u64>,
     mode: Mode,
@@ -518,7 +519,7 @@ impl Emitter {
     /// Decodes and scores one record: its output and how many messages that output is.
     fn decide(&self, batch: &Batch, job: &Job, now: i64, bytes: &mut Vec<u8>) -> (Output, u32) {
         let slot = job.slot;
-        match decode_transaction(batch.key(job), batch.payload(job)) {
+        match decode_transaction_as(self.format, batch.key(job), batch.payload(job)) {
             Ok(tx) => {
                 let started = Instant::now();
                 let scored = self.core.score_in(slot.partition as u32, &tx);
@@ -749,6 +750,7 @@ pub fn run_mode(
         verdicts: cfg.verdicts_topic().map(str::to_string),
         dlq: k.dlq_topic.clone(),
         source_topic: k.transactions_topic.clone(),
+        format: cfg.input_format(),
         scored: Arc::clone(&scored),
         abort_after: abort_after(),
         mode,

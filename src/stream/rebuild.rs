@@ -29,7 +29,7 @@ use crate::service::ScoringCore;
 use crate::telemetry;
 
 use super::kafka;
-use super::wire::decode_transaction;
+use super::wire::decode_transaction_as;
 use super::StreamError;
 
 /// How long the rebuild waits for the next record before giving up.
@@ -88,6 +88,7 @@ pub fn rebuild_partition(
         _ => low,
     };
     // 3. Replay.
+    let format = cfg.input_format();
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(start))
         .map_err(|e| err("assign", e))?;
@@ -104,7 +105,7 @@ pub fn rebuild_partition(
                 if m.offset() >= end {
                     break;
                 }
-                if let Ok(tx) = decode_transaction(m.key(), m.payload()) {
+                if let Ok(tx) = decode_transaction_as(format, m.key(), m.payload()) {
                     core.warm_in(partition as u32, &tx);
                 }
                 replayed += 1;

@@ -1,6 +1,6 @@
 //! Producing a history to a topic: `vigil replay`, the demo's producer and the load generator.
 //!
-//! Records are JSON transactions ([`super::wire::encode_transaction`]) keyed by card id and
+//! Records are transactions (JSON, [`super::wire::encode_transaction`], or protobuf) keyed by card id and
 //! partitioned with librdkafka's `murmur2_random`, Kafka's Java default, so a card lands in the
 //! partition [`crate::service::ScoringCore::partition_of`] routes it to. Record timestamps are
 //! the time of sending (not the event time: brokers apply retention to record timestamps).
@@ -18,7 +18,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use crate::record::Transaction;
 use crate::shutdown::Shutdown;
 
-use super::wire::{encode_label, encode_transaction};
+use super::wire::{encode_label, InputFormat};
 use super::StreamError;
 
 /// Options of one replay.
@@ -34,6 +34,8 @@ pub struct ReplayOptions {
     pub rate: Option<f64>,
     /// Extra librdkafka producer properties.
     pub producer: Vec<(String, String)>,
+    /// Encoding of the transactions (labels are always JSON).
+    pub format: InputFormat,
 }
 
 /// Counts of a replay.
@@ -127,7 +129,7 @@ pub fn replay(
             &producer,
             &opts.topic,
             tx.card_id.as_bytes(),
-            &encode_transaction(tx),
+            &opts.format.encode(tx),
         )?;
         summary.sent += 1;
         if last_progress.elapsed() >= Duration::from_millis(125) {

@@ -22,7 +22,7 @@ use vigil::decision::Decision;
 use vigil::model::Model;
 use vigil::record::Transaction;
 use vigil::service::ScoringCore;
-use vigil::stream::wire::{decode_transaction, encode_transaction, VerdictRecord};
+use vigil::stream::wire::{encode_transaction, VerdictRecord};
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -485,6 +485,21 @@ pub fn reference(
     topic: &str,
     total: usize,
 ) -> HashMap<(i32, i64), (f32, Decision, String)> {
+    reference_as(
+        brokers,
+        topic,
+        total,
+        vigil::stream::wire::InputFormat::Json,
+    )
+}
+
+/// [`reference`] for a topic of records in `format`.
+pub fn reference_as(
+    brokers: &str,
+    topic: &str,
+    total: usize,
+    format: vigil::stream::wire::InputFormat,
+) -> HashMap<(i32, i64), (f32, Decision, String)> {
     let mut r = Reader::new(brokers, topic, false);
     r.read_until(Duration::from_secs(60), "the whole input topic", |recs| {
         recs.len() >= total
@@ -498,7 +513,11 @@ pub fn reference(
     recs.sort_by_key(|x| (x.partition, x.offset));
     let mut out = HashMap::new();
     for x in recs {
-        if let Ok(tx) = decode_transaction(x.key.as_deref(), x.payload.as_deref()) {
+        if let Ok(tx) = vigil::stream::wire::decode_transaction_as(
+            format,
+            x.key.as_deref(),
+            x.payload.as_deref(),
+        ) {
             let v = core.score_in(x.partition as u32, &tx).verdict;
             out.insert(
                 (x.partition, x.offset),

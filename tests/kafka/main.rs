@@ -183,6 +183,86 @@ fn every_record_ends_as_one_verdict_or_one_dead_letter_and_offsets_are_committed
     assert_eq!(committed, ends);
 }
 
+#[test]
+#[ignore = "needs a tansu broker: scripts/test.sh runs it"]
+fn protobuf_input_is_scored_and_bad_messages_are_dead_letters() {
+    use vigil::api::convert::transaction_to_bytes;
+    use vigil::stream::wire::InputFormat;
+    let broker = Broker::start();
+    let b = broker.brokers();
+    let names = Names::new("proto");
+    names.create(&b, PARTITIONS);
+    let txs = sample(1000);
+    let ids: HashSet<String> = txs.iter().map(|t| t.transaction_id.clone()).collect();
+    let mut inputs = Vec::new();
+    let (mut undecodable, mut invalid) = (0, 0);
+    for (i, tx) in txs.iter().enumerate() {
+        let key = Some(tx.card_id.as_bytes().to_vec());
+        inputs.push(Input {
+            key: key.clone(),
+            payload: Some(transaction_to_bytes(tx)),
+        });
+        if i % 100 == 50 {
+            // Not a protobuf message (a truncated varint tag).
+            inputs.push(Input {
+                key: key.clone(),
+                payload: Some(vec![0xff; 4]),
+            });
+            undecodable += 1;
+            // A well-formed message that fails validation.
+            let mut bad = tx.clone();
+            bad.transaction_id = format!("neg-{i}");
+            bad.amount = -5.0;
+            inputs.push(Input {
+                key,
+                payload: Some(transaction_to_bytes(&bad)),
+            });
+            invalid += 1;
+        }
+    }
+    produce(&b, &names.transactions, &inputs, None);
+    let total = inputs.len();
+
+    let mut spec = ServeSpec::new(&b, &names);
+    spec.args = vec!["--set".into(), "kafka.input_format=protobuf".into()];
+    let mut serve = spec.start();
+    let mut verdicts = Reader::new(&b, &names.verdicts, false);
+    let mut dlq = Reader::new(&b, &names.dlq, false);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while verdicts.records.len() + dlq.records.len() < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not every record was answered: {} verdicts, {} dead letters of {total}\n{}",
+            verdicts.records.len(),
+            dlq.records.len(),
+            serve.log_text()
+        );
+        verdicts.read_for(Duration::from_millis(200));
+        dlq.read_for(Duration::from_millis(100));
+    }
+    assert!(serve.terminate().success(), "{}", serve.log_text());
+
+    let reference = reference_as(&b, &names.transactions, total, InputFormat::Protobuf);
+    let per_tx = check_against_reference(&verdicts.records, &reference);
+    assert!(per_tx.values().all(|&n| n == 1), "no duplicate verdicts");
+    assert_eq!(per_tx.keys().cloned().collect::<HashSet<_>>(), ids);
+    let mut reasons: HashMap<String, usize> = HashMap::new();
+    for d in &dlq.records {
+        *reasons
+            .entry(d.headers[wire::HDR_REASON].clone())
+            .or_default() += 1;
+        if d.headers[wire::HDR_REASON] == "validation" {
+            assert!(
+                d.headers[wire::HDR_ERROR].contains("amount"),
+                "{:?}",
+                d.headers
+            );
+        }
+    }
+    assert_eq!(reasons.get("decode"), Some(&undecodable), "{reasons:?}");
+    assert_eq!(reasons.get("validation"), Some(&invalid), "{reasons:?}");
+}
+
 fn committed_offsets(brokers: &str, names: &Names) -> HashMap<i32, i64> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
