@@ -7,6 +7,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::Config;
@@ -148,4 +150,27 @@ pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
 pub fn topic_partitions(cfg: &Config, topic: &str, timeout: Duration) -> Result<u32, StreamError> {
     let consumer: BaseConsumer = create(&consumer_config(cfg, None), "metadata consumer")?;
     partition_count(&consumer, topic, timeout)
+}
+
+/// Sends a record, waiting while the producer's queue is full (backpressure: never dropping,
+/// never growing memory past librdkafka's bounded queue). Any other error is returned.
+pub fn send_waiting<C, K, P>(
+    producer: &ThreadedProducer<C>,
+    mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>,
+) -> Result<(), KafkaError>
+where
+    C: ProducerContext + 'static,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((e, _)) => return Err(e),
+        }
+    }
 }

@@ -658,23 +658,11 @@ impl Emitter {
 /// Sends, waiting while the producer's queue is full (backpressure, never dropping).
 fn send<K: rdkafka::message::ToBytes + ?Sized, P: rdkafka::message::ToBytes + ?Sized>(
     producer: &Producer_,
-    mut record: BaseRecord<'_, K, P, Box<Token>>,
+    record: BaseRecord<'_, K, P, Box<Token>>,
 ) -> Result<(), StreamError> {
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, r)) => {
-                return Err(StreamError::Delivery(format!(
-                    "cannot send to {}: {e}",
-                    r.topic
-                )))
-            }
-        }
-    }
+    let topic = record.topic;
+    kafka::send_waiting(producer, record)
+        .map_err(|e| StreamError::Delivery(format!("cannot send to {topic}: {e}")))
 }
 
 fn abort_after() -> Option<u64> {

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::record::Transaction;
 use crate::shutdown::Shutdown;
@@ -163,15 +161,7 @@ fn send(
     key: &[u8],
     payload: &[u8],
 ) -> Result<(), StreamError> {
-    let mut record = BaseRecord::to(topic).key(key).payload(payload);
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(StreamError::Delivery(format!("replay to {topic}: {e}"))),
-        }
-    }
+    let record = BaseRecord::to(topic).key(key).payload(payload);
+    super::kafka::send_waiting(producer, record)
+        .map_err(|e| StreamError::Delivery(format!("replay to {topic}: {e}")))
 }

@@ -290,6 +290,23 @@ pub fn sample(n: usize) -> Vec<Transaction> {
     txs
 }
 
+/// A copy of the shipped model to serve from (in `dir`), and the header of another version of
+/// it: same features and trees, thresholds `review`/`decline`, content version recomputed.
+pub fn serving_copy(
+    dir: &std::path::Path,
+    review: f32,
+    decline: f32,
+) -> (PathBuf, vigil::model::ModelHeader) {
+    let path = dir.join("serving.vgm");
+    std::fs::copy(repo().join("models/default.vgm"), &path).expect("copy model");
+    let old = model();
+    let mut header = old.header.clone();
+    header.thresholds = vigil::decision::Thresholds::new(review, decline).expect("thresholds");
+    header.version = vigil::model::format::content_version(&header, &old.forest);
+    assert_ne!(header.version, old.header.version);
+    (path, header)
+}
+
 pub fn model() -> Arc<Model> {
     Arc::new(vigil::model::load(&repo().join("models/default.vgm"), None).expect("model"))
 }

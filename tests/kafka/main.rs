@@ -416,15 +416,11 @@ fn hot_reload_under_load_switches_models_without_a_gap_and_refuses_a_bad_file() 
     let names = Names::new("reload");
     names.create(&b, PARTITIONS);
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("serving.vgm");
-    std::fs::copy(repo().join("models/default.vgm"), &path).expect("copy model");
     let old = model();
     // Same features and trees, other thresholds: another version.
-    let mut header = old.header.clone();
-    header.thresholds = vigil::decision::Thresholds::new(0.05, 0.2).expect("thresholds");
+    let (path, mut header) = serving_copy(dir.path(), 0.05, 0.2);
     header.model_id = "reloaded".into();
     header.version = vigil::model::format::content_version(&header, &old.forest);
-    assert_ne!(header.version, old.header.version);
 
     let txs = sample(9000);
     let inputs: Vec<Input> = txs.iter().map(Input::tx).collect();
@@ -625,12 +621,8 @@ fn sighup_reloads_the_model_when_watching_is_off() {
     let names = Names::new("hup");
     names.create(&b, PARTITIONS);
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("serving.vgm");
-    std::fs::copy(repo().join("models/default.vgm"), &path).expect("copy model");
     let old = model();
-    let mut header = old.header.clone();
-    header.thresholds = vigil::decision::Thresholds::new(0.1, 0.3).expect("thresholds");
-    header.version = vigil::model::format::content_version(&header, &old.forest);
+    let (path, header) = serving_copy(dir.path(), 0.1, 0.3);
 
     let metrics = free_addr();
     let mut spec = ServeSpec::new(&b, &names);
