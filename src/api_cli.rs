@@ -97,7 +97,8 @@ impl ApiArgs {
 /// `vigil serve --no-kafka`: the gRPC API alone.
 pub struct GrpcOnly {
     pub model: PathBuf,
-    pub partitions: u32,
+    /// Partitions of window state; `None`: as many as the model was trained with.
+    pub partitions: Option<u32>,
     pub alert_buffer: usize,
     pub threads: Option<usize>,
     pub api: ApiArgs,
@@ -212,7 +213,7 @@ async fn shutdown_signal() {
 }
 
 pub fn cmd_serve_grpc_only(a: GrpcOnly) -> Result<()> {
-    if a.partitions == 0 {
+    if a.partitions == Some(0) {
         bail!("--partitions must be at least 1");
     }
     let settings = a.api.settings()?;
@@ -250,15 +251,14 @@ pub fn cmd_serve_grpc_only(a: GrpcOnly) -> Result<()> {
             .context("model loading task failed")?
             .with_context(|| format!("cannot use model {}", a.model.display()))?;
         let name = model.name();
+        let partitions = a.partitions.unwrap_or(model.header.state_partitions).max(1);
+        vigil::serve::warn_on_partition_mismatch(&model, partitions);
         slot.set(Arc::new(ScoringCore::new(
             Arc::new(model),
-            a.partitions,
+            partitions,
             a.alert_buffer,
         )));
-        eprintln!(
-            "serving model {name} with {} partition(s) on {local}",
-            a.partitions
-        );
+        eprintln!("serving model {name} with {partitions} partition(s) on {local}");
         server
             .await
             .context("gRPC server task failed")?

@@ -129,6 +129,11 @@ struct TrainArgs {
     /// Model name recorded in the file and in every verdict (default: the output file stem).
     #[arg(long)]
     name: Option<String>,
+    /// Partitions of the transactions topic the model will be served from: window state is
+    /// split per partition in training exactly as `vigil serve` splits it, so merchant windows
+    /// (which see a merchant's transactions within one partition) match. Recorded in the model.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    partitions: u32,
     /// Start of the training period (YYYY-MM-DD or RFC 3339); rows before it only warm up windows.
     #[arg(long, requires = "train_to")]
     train_from: Option<String>,
@@ -226,6 +231,10 @@ struct FeaturesArgs {
     /// Output CSV: transaction_id, then one column per feature.
     #[arg(long)]
     out: PathBuf,
+    /// Split window state into this many partitions, as `vigil serve` does for a transactions
+    /// topic with that many (see `vigil train --partitions`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    partitions: u32,
 }
 
 impl Cli {
@@ -489,6 +498,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         params,
         k: a.k,
         thresholds,
+        partitions: a.partitions,
     };
     let trained = pipeline::train(spec, &history.transactions, &opts, &bars)?;
     let h = &trained.header;
@@ -634,7 +644,7 @@ fn cmd_features(a: FeaturesArgs) -> Result<()> {
     let mut err: Option<csv::Error> = None;
     let mut fields: Vec<String> = Vec::with_capacity(header.len());
     bars.stage("features", txs.len() as u64);
-    vigil::features::replay(&spec, txs, |i, row| {
+    vigil::pipeline::replay_history(&spec, txs, a.partitions, |i, row| {
         if err.is_some() {
             return;
         }
@@ -686,6 +696,11 @@ fn cmd_inspect(path: &Path, json: bool) -> Result<()> {
         h.feature_names.len()
     );
     println!("spec         fingerprint {}", h.feature_fingerprint);
+    println!(
+        "state        {} partition{} (serve it from a transactions topic with as many)",
+        h.state_partitions,
+        if h.state_partitions == 1 { "" } else { "s" }
+    );
     println!(
         "thresholds   review >= {:.4}, decline >= {:.4}",
         h.thresholds.review, h.thresholds.decline

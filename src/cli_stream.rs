@@ -67,9 +67,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub no_kafka: bool,
     /// With --no-kafka: partitions of window state (as many as the transactions topic has, so
-    /// that a card's state is where the Kafka path would put it).
-    #[arg(long, default_value_t = 1, requires = "no_kafka")]
-    pub partitions: u32,
+    /// that a card's state is where the Kafka path would put it; default: as many as the model
+    /// was trained with, `vigil train --partitions`).
+    #[arg(long, requires = "no_kafka")]
+    pub partitions: Option<u32>,
     /// With --no-kafka: worker threads of the server runtime (default: one per core).
     #[arg(long, requires = "no_kafka")]
     pub threads: Option<usize>,
@@ -140,9 +141,10 @@ pub struct DemoArgs {
     /// host:port of /metrics, /healthz, /readyz while the demo runs (empty: off).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics_addr: String,
-    /// Partitions of the demo's transactions topic.
-    #[arg(long, default_value_t = 4)]
-    pub partitions: u32,
+    /// Partitions of the demo's transactions topic (default: as many as the model was trained
+    /// with, so it is served exactly the features it learned from).
+    #[arg(long)]
+    pub partitions: Option<u32>,
     /// host:port of the gRPC API while the demo runs, on the same scoring state as the Kafka
     /// path (port 0 picks a free one; empty: off). A busy port stops the demo at once.
     #[arg(long, default_value = vigil::api::config::DEFAULT_ADDR)]
@@ -329,7 +331,7 @@ pub fn cmd_demo(a: DemoArgs) -> Result<()> {
     let txs = Arc::new(history.transactions);
     let mock = rdkafka::mocking::MockCluster::new(1).context("starting the mock Kafka cluster")?;
     let brokers = mock.bootstrap_servers();
-    let partitions = a.partitions.max(1) as i32;
+    let partitions = a.partitions.unwrap_or(model.header.state_partitions).max(1) as i32;
     // librdkafka's mock cluster keeps at most 5 MB per partition and drops the oldest records
     // beyond that: the verdicts of the whole sample (~22 MB of JSON) are spread over enough
     // partitions that none is dropped before the watcher reads it.

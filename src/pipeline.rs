@@ -192,10 +192,12 @@ impl SplitSpec {
 }
 
 /// Replays `txs` (in processing order) through the feature engine and returns the full matrix,
-/// one row per transaction.
+/// one row per transaction. With `partitions > 1` window state is split as a scorer consuming a
+/// topic of that many partitions keeps it ([`replay_history`]).
 pub fn feature_matrix(
     spec: &Arc<FeatureSpec>,
     txs: &[Transaction],
+    partitions: u32,
     reporter: &dyn Reporter,
 ) -> Array2<f32> {
     let n = spec.n_features();
@@ -205,7 +207,7 @@ pub fn feature_matrix(
         let flat = x
             .as_slice_mut()
             .expect("a freshly allocated Array2 is contiguous");
-        features::replay(spec, txs, |i, row| {
+        replay_history(spec, txs, partitions, |i, row| {
             flat[i * n..(i + 1) * n].copy_from_slice(row);
             if i % 65_536 == 0 {
                 reporter.progress(i as u64);
@@ -215,6 +217,26 @@ pub fn feature_matrix(
     reporter.progress(txs.len() as u64);
     reporter.finish();
     x
+}
+
+/// The feature rows of `txs` with window state per partition, as `vigil serve` holds it for a
+/// transactions topic of `partitions` partitions: each card's transactions in the partition
+/// Kafka's default partitioner gives its card id ([`crate::partition`]). One partition is the
+/// plain [`features::replay`].
+pub fn replay_history(
+    spec: &Arc<FeatureSpec>,
+    txs: &[Transaction],
+    partitions: u32,
+    on_row: impl FnMut(usize, &[f32]),
+) -> features::EngineStats {
+    let n = partitions.max(1);
+    features::replay_sharded(
+        spec,
+        txs,
+        n as usize,
+        |t| crate::partition::partition_for(t.card_id.as_bytes(), n) as usize,
+        on_row,
+    )
 }
 
 /// Rows of `txs` inside `period` that carry a label.
@@ -241,6 +263,8 @@ pub struct TrainOptions {
     pub k: usize,
     /// Fixed thresholds; `None` suggests them from the test period (or training period).
     pub thresholds: Option<Thresholds>,
+    /// Partitions of window state to train with (the serving topic's partition count).
+    pub partitions: u32,
 }
 
 /// The result of training: the model's header (with the test-period evaluation) and trees.
@@ -263,7 +287,7 @@ pub fn train(
         _ => return Err(PipelineError::Split("the history has no rows".into())),
     };
     let split = opts.split.resolve(first, last)?;
-    let x = feature_matrix(&spec, txs, reporter);
+    let x = feature_matrix(&spec, txs, opts.partitions, reporter);
 
     let train_rows = labelled_rows(txs, split.train);
     let y_train: Vec<bool> = train_rows
@@ -354,6 +378,7 @@ pub fn train(
         n_trees: forest.trees.len(),
         max_depth: forest.max_depth(),
         n_nodes: forest.n_nodes(),
+        state_partitions: opts.partitions.max(1),
     };
     header.version = content_version(&header, &forest);
     Ok(Trained {
@@ -390,7 +415,7 @@ pub fn score_history(
             .expect("a freshly allocated Array2 is contiguous");
         let mut next = 0usize;
         reporter.stage("features", txs.len() as u64);
-        features::replay(&model.spec, txs, |i, row| {
+        replay_history(&model.spec, txs, model.header.state_partitions, |i, row| {
             if next < rows.len() && rows[next] == i {
                 flat[next * n..(next + 1) * n].copy_from_slice(row);
                 next += 1;

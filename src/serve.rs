@@ -110,6 +110,7 @@ pub fn run(cfg: Config, opts: ServeOptions, shutdown: Shutdown) -> Result<()> {
         DEFAULT_ALERT_BUFFER,
     ));
     telemetry::model_serving(&model.header.model_id, &model.header.version, None);
+    warn_on_partition_mismatch(&model, partitions);
     tracing::info!(partitions, "scoring core ready");
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -289,6 +290,23 @@ fn watch_model(
     }
 }
 
+/// Says so when `model` was trained with window state split into another number of partitions
+/// than it is served with: its merchant windows then see other transactions than in training
+/// (card windows are unaffected). Not an error: the model still scores, with that skew.
+pub fn warn_on_partition_mismatch(model: &Model, partitions: u32) {
+    let trained = model.header.state_partitions;
+    if trained != partitions {
+        tracing::warn!(
+            model = %model.name(),
+            trained_with = trained,
+            serving_with = partitions,
+            "the model was trained with window state in {trained} partition(s) and is served \
+             with {partitions}: merchant windows differ from training; retrain with \
+             `vigil train --partitions {partitions}` (or serve from a topic with {trained})"
+        );
+    }
+}
+
 /// Loads `path` and makes it the serving model. `Ok(None)` when it is the serving model
 /// already. A file that fails its checks or reads different features is refused and the
 /// serving model stays.
@@ -312,6 +330,7 @@ pub fn reload_model(core: &ScoringCore, path: &Path) -> Result<Option<String>> {
     }
     match core.replace_model(Arc::clone(&new)) {
         Ok(old) => {
+            warn_on_partition_mismatch(&new, core.partitions());
             telemetry::model_reload("ok");
             telemetry::model_serving(
                 &new.header.model_id,

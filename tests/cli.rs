@@ -74,6 +74,8 @@ fn generate_and_train() -> Trained {
         "8",
         "--warmup",
         "3d",
+        "--partitions",
+        "3",
         "--report",
         s(&root.join("report")),
     ]);
@@ -100,6 +102,40 @@ fn train_inspect_evaluate_round_trip() {
     let out = ok(i);
     assert!(out.contains("30 trees"), "{out}");
     assert!(out.contains("thresholds"), "{out}");
+    assert!(out.contains("state        3 partitions"), "{out}");
+
+    // `evaluate` replays with the model's partitions: over the test period it reproduces the
+    // evaluation the trainer stored.
+    let mut i = vigil();
+    i.args(["model", "inspect", "--json", s(&t.model)]);
+    let header: serde_json::Value =
+        serde_json::from_str(ok(i).trim()).expect("inspect --json prints JSON");
+    assert_eq!(header["state_partitions"], 3);
+    let training = &header["training"];
+    let mut e = vigil();
+    e.args([
+        "evaluate",
+        "--model",
+        s(&t.model),
+        "--data",
+        s(&t.data),
+        "--from",
+        training["test_from"].as_str().expect("test_from"),
+        "--to",
+        training["test_to"].as_str().expect("test_to"),
+        "--json",
+        "--report",
+        s(&t.root.join("test-report")),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(ok(e).trim()).expect("JSON");
+    let stored = header["evaluation"]["auc_roc"]
+        .as_f64()
+        .expect("stored auc");
+    let again = v["auc_roc"].as_f64().expect("auc");
+    assert!(
+        (stored - again).abs() < 1e-9,
+        "stored {stored}, evaluate {again}"
+    );
 
     let preds = t.root.join("preds.csv");
     let mut e = vigil();

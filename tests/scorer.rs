@@ -62,6 +62,7 @@ fn live_scores_equal_trainer_predictions_after_a_file_round_trip() {
         params,
         k: 20,
         thresholds: None,
+        partitions: 1,
     };
     let trained = pipeline::train(spec.clone(), &txs, &opts, &Quiet).expect("trains");
 
@@ -75,7 +76,7 @@ fn live_scores_equal_trainer_predictions_after_a_file_round_trip() {
     );
 
     // Batch path: the training matrix and the trainer's own forest.
-    let x = pipeline::feature_matrix(&spec, &txs, &Quiet);
+    let x = pipeline::feature_matrix(&spec, &txs, 1, &Quiet);
     // Live path: one event at a time, labels fed when they become known.
     let mut scorer = Scorer::new(loaded.clone());
     let mut labels = LabelSchedule::new(spec.label_latency_ms());
@@ -127,6 +128,7 @@ fn model_for_another_spec_is_refused() {
         params,
         k: 10,
         thresholds: None,
+        partitions: 1,
     };
     let trained = pipeline::train(spec.clone(), &txs, &opts, &Quiet).expect("trains");
     let dir = tempfile::tempdir().expect("tempdir");

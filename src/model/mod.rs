@@ -85,6 +85,17 @@ pub struct ModelHeader {
     pub n_trees: usize,
     pub max_depth: usize,
     pub n_nodes: usize,
+    /// Partitions the training replay split window state into, as a scorer keeps it per
+    /// partition of the transactions topic (`vigil train --partitions`; see
+    /// `features::replay_sharded`). Merchant windows depend on it: a model is served exactly the
+    /// features it was trained on when the topic has this many partitions. Files written
+    /// before the field existed trained on one.
+    #[serde(default = "one_partition")]
+    pub state_partitions: u32,
+}
+
+fn one_partition() -> u32 {
+    1
 }
 
 /// A loaded, fully checked model, ready to serve.
