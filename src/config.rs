@@ -119,7 +119,10 @@ pub struct PipelineConfig {
     /// Scoring threads (a partition always goes to the same one); 0 = one per core.
     pub workers: usize,
     /// Records waiting per scoring thread (held as batches of up to 256, so rounded down to a
-    /// multiple of 256, at least one batch); when full, the consumer stops fetching.
+    /// multiple of 256, at least one batch); when full, the consumer stops fetching. The
+    /// consumer returns long runs of one partition's records, so a thread's queue must absorb
+    /// such a run while the other threads keep working: small queues leave threads idle
+    /// (BENCHMARKS.md, "Kafka path"). About 250 bytes per queued record.
     pub queue_capacity: usize,
     /// How often acknowledged offsets are committed (at-least-once).
     pub commit_interval: String,
@@ -140,7 +143,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             workers: 0,
-            queue_capacity: 2048,
+            queue_capacity: 65_536,
             commit_interval: "1s".into(),
             transaction_records: 2000,
             transaction_interval: "200ms".into(),
@@ -774,8 +777,9 @@ poll_interval = "1s"
 # Scoring threads (each partition always goes to the same one); 0 = one per core.
 workers = 0
 # Records waiting per scoring thread (in batches of up to 256); when full, the consumer stops
-# fetching (backpressure).
-queue_capacity = 2048
+# fetching (backpressure). Large enough to absorb a run of one partition's records while the
+# other threads work (smaller queues leave threads idle); about 250 bytes per queued record.
+queue_capacity = 65536
 # How often acknowledged offsets are committed (at-least-once).
 commit_interval = "1s"
 # exactly_once: records per transaction, and the longest a transaction stays open.
