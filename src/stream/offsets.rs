@@ -45,11 +45,20 @@ impl PartitionState {
         }
     }
 
+    /// The pending entry of `offset`. Offsets are nearly always consecutive, so the entry is
+    /// found at `offset - first` without searching; a gap (transaction markers, compaction)
+    /// falls back to a binary search. At a few hundred thousand records in flight, the search
+    /// alone was 5 % of a scoring thread's time (`perf`, Kafka bench).
     fn entry(&mut self, offset: i64) -> Option<&mut Entry> {
-        let i = self
-            .pending
-            .binary_search_by_key(&offset, |e| e.offset)
-            .ok()?;
+        let first = self.pending.front()?.offset;
+        let guess = usize::try_from(offset.checked_sub(first)?).ok()?;
+        let i = if self.pending.get(guess).is_some_and(|e| e.offset == offset) {
+            guess
+        } else {
+            self.pending
+                .binary_search_by_key(&offset, |e| e.offset)
+                .ok()?
+        };
         self.pending.get_mut(i)
     }
 }
