@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
+mod fast_json;
+
 /// Earliest accepted event time: 1970-01-01T00:00:00Z.
 pub const MIN_TIMESTAMP_MS: i64 = 0;
 /// Latest accepted event time: 2200-01-01T00:00:00Z. Anything later is a unit mix-up
@@ -286,7 +288,15 @@ fn required_id(field: &'static str, v: Option<String>) -> Result<String, RecordE
 }
 
 fn optional_text(v: Option<String>) -> Option<String> {
-    v.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    // Kept as is when there is nothing to trim (the usual case): no second allocation.
+    v.map(|s| {
+        if s.trim().len() == s.len() {
+            s
+        } else {
+            s.trim().to_string()
+        }
+    })
+    .filter(|s| !s.is_empty())
 }
 
 impl RawTransaction {
@@ -387,8 +397,11 @@ fn check_coord(
 impl Transaction {
     /// Parses and validates one JSON object (the Kafka and `vigil score` wire format).
     pub fn from_json(bytes: &[u8]) -> Result<Transaction, RecordError> {
-        let raw: RawTransaction = serde_json::from_slice(bytes)
-            .map_err(|e| RecordError::new("record", format!("not a JSON transaction: {e}")))?;
+        let raw = match fast_json::decode(bytes) {
+            Some(raw) => raw,
+            None => serde_json::from_slice(bytes)
+                .map_err(|e| RecordError::new("record", format!("not a JSON transaction: {e}")))?,
+        };
         raw.validate()
     }
 
