@@ -299,11 +299,7 @@ impl Latency {
         let first = samples.iter().map(|s| s.0).min().unwrap_or(0);
         let cut = first + (warmup_seconds * 1000.0) as i64;
         let sorted = |keep: &dyn Fn(i64) -> bool| {
-            let mut v: Vec<f64> = samples
-                .iter()
-                .filter(|s| keep(s.0))
-                .map(|s| s.1)
-                .collect();
+            let mut v: Vec<f64> = samples.iter().filter(|s| keep(s.0)).map(|s| s.1).collect();
             v.sort_by(f64::total_cmp);
             v
         };
@@ -395,14 +391,7 @@ fn main() -> Result<()> {
         println!(
             "latency at {half:.0}/s ({name}, {} records after {:.0} s of warm-up): p50 {:.0} ms, \
              p99 {:.0} ms, max {:.0} ms; all {} records: p99 {:.0} ms, max {:.0} ms",
-            l.steady,
-            a.latency_warmup_seconds,
-            l.p50,
-            l.p99,
-            l.max,
-            l.all,
-            l.all_p99,
-            l.all_max
+            l.steady, a.latency_warmup_seconds, l.p50, l.p99, l.max, l.all, l.all_p99, l.all_max
         );
     }
     Ok(())

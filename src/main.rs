@@ -9,7 +9,8 @@ use std::process::ExitCode;
 
 /// mimalloc instead of the system allocator: scoring a record allocates a few small strings
 /// (ids, reason names), and glibc's malloc was a quarter of a scoring thread's time on the Kafka
-/// path (BENCHMARKS.md, "Kafka path").
+/// path (BENCHMARKS.md, "Kafka path"). Its `override` feature (Cargo.toml) also replaces
+/// `malloc`/`free` for C code, so librdkafka's per-message allocations use it as well.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
