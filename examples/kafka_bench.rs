@@ -17,7 +17,7 @@
 //!
 //! `cargo run --release --example kafka_bench -- --brokers 127.0.0.1:9092 [--records 200000]
 //!  [--partitions 4] [--rounds 2] [--latency-seconds 10] [--latency-warmup-seconds 2]
-//!  [--workers 0]`
+//!  [--latency-rate N] [--workers 0]`
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -52,6 +52,8 @@ struct Args {
     /// Records produced in the first this many seconds of a latency run are left out of its
     /// steady-state percentiles (reported separately).
     latency_warmup_seconds: f64,
+    /// Feed rate of the latency runs (default: half vigil's measured throughput).
+    latency_rate: Option<f64>,
     /// Scoring threads (`pipeline.workers`; 0 = one per core, the default).
     workers: usize,
 }
@@ -65,6 +67,7 @@ fn args() -> Result<Args> {
         rounds: 2,
         latency_seconds: 10.0,
         latency_warmup_seconds: 2.0,
+        latency_rate: None,
         workers: 0,
     };
     let mut it = std::env::args().skip(1);
@@ -78,6 +81,7 @@ fn args() -> Result<Args> {
             "--rounds" => a.rounds = v.parse()?,
             "--latency-seconds" => a.latency_seconds = v.parse()?,
             "--latency-warmup-seconds" => a.latency_warmup_seconds = v.parse()?,
+            "--latency-rate" => a.latency_rate = Some(v.parse()?),
             "--workers" => a.workers = v.parse()?,
             _ => bail!("unknown flag {flag}"),
         }
@@ -96,6 +100,18 @@ fn config(a: &Args, input: &str, group: &str, output: &str) -> Config {
     c.pipeline.commit_interval = "100ms".into();
     c.pipeline.workers = a.workers;
     c.http.metrics_addr = String::new();
+    for (var, map) in [
+        ("TMP_PROD", &mut c.kafka.producer),
+        ("TMP_CONS", &mut c.kafka.consumer),
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            for kv in v.split(',') {
+                if let Some((k, v)) = kv.split_once('=') {
+                    map.insert(k.into(), v.into());
+                }
+            }
+        }
+    }
     c
 }
 
@@ -385,7 +401,7 @@ fn main() -> Result<()> {
         100.0 * vg / pt
     );
 
-    let half = vg / 2.0;
+    let half = a.latency_rate.unwrap_or(vg / 2.0);
     for (name, mode) in [("vigil", Mode::Score), ("pass-through", Mode::PassThrough)] {
         let l = latency(&a, &model, &txs, mode, half, &format!("lat-{name}-{tag}"))?;
         println!(

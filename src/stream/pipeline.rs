@@ -702,6 +702,12 @@ pub fn run_mode(
         })
         .map_err(|e| StreamError::Client(format!("producer: {e}")))?;
     let producer = Arc::new(producer);
+    let outputs: Vec<&str> = [Some(k.alerts_topic.as_str()), cfg.verdicts_topic()]
+        .into_iter()
+        .flatten()
+        .chain([k.dlq_topic.as_str()])
+        .collect();
+    kafka::warm_producer(&producer, &outputs, Duration::from_secs(5));
     if eos {
         producer
             .init_transactions(Duration::from_secs(30))
