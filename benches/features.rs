@@ -23,21 +23,8 @@
 //! `bare_deque_1h/<cards>` is the calibration prototype (a bare per-card deque, count/sum/max
 //! over 1 h, same stream as `minimal_1h`), run in the same process so figures compare as ratios.
 //!
-//! Measured 2026-11-25 22:27-22:33 UTC on the shared 2-core build VM (load average 2.5-3.6,
-//! +-30 % run to run), criterion median per transaction, before (03edb59) and after (hash only
-//! what the spec reads) the same binary pair, back to back:
-//!
-//! | group            | before  | after   | bare deque, same run |
-//! |------------------|---------|---------|----------------------|
-//! | minimal_1h/10k   | 1.24 us | 1.02 us | 0.30-0.32 us         |
-//! | minimal_1h/1M    | 3.69 us | 3.66 us | 2.24-2.35 us         |
-//! | default/10k      |   -     | 3.91 us |                      |
-//! | default/1M       |   -     | 8.62 us |                      |
-//!
-//! The 250 ns target is not met. `perf` on `minimal_1h/1M`: inside `process`, ~70 % of samples
-//! are three cache misses: the hash-map control bytes, the key compare in the 88-byte bucket, and
-//! the separately boxed running aggregates (`wins`); the next step is a dense slab with the
-//! running totals inline (one miss for the probe, one for the slot).
+//! Figures, with the machine's load and the bare deque of the same run, are in BENCHMARKS.md
+//! ("Feature engine"); `examples/features_profile.rs` runs the same stream under a profiler.
 
 use std::collections::VecDeque;
 use std::path::Path;
