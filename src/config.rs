@@ -756,7 +756,10 @@ create_partitions = 4
 # librdkafka consumer properties, passed through as they are
 # (https://github.com/confluentinc/librdkafka/blob/master/CONFIGURATION.md).
 # bootstrap.servers, group.id, enable.auto.commit, enable.auto.offset.store and
-# isolation.level are set by vigil.
+# isolation.level are set by vigil. vigil sets fetch.wait.max.ms = 5 (brokers that hold a fetch
+# for its whole max wait, like tansu, add it to every verdict's latency) and
+# fetch.queue.backoff.ms = 10 (librdkafka's 1 s default idles the fetcher after a full local
+# queue) unless given here.
 [kafka.consumer]
 # "fetch.wait.max.ms" = "100"
 
