@@ -1084,10 +1084,10 @@ impl FeatureEngine {
         // With a large state, the batch path's prefetch stages run back to back for this one
         // event: each stage waits for the previous one's lines, but the card's and the
         // merchant's chains of cache misses overlap instead of following each other. Measured
-        // (`examples/features_profile.rs`, default spec, alternating runs): 10k cards 1.03 ->
-        // 0.89 us, 1M cards 4.2 -> 3.5 us. With a state that stays in cache (the 800-card sample
-        // of the `scorer` bench), the stages' extra lookups cost 5-10 % instead, hence the
-        // threshold.
+        // (`examples/features_profile.rs`, default spec, alternating runs): 10k cards 1.01-1.05
+        // -> 0.86-0.92 us, 1M cards 3.85-4.08 -> 3.08-3.18 us. With a state that stays in cache
+        // (the 800-card sample of the `scorer` bench), the stages' extra lookups cost 5-10 %
+        // instead, hence the threshold.
         if self.tables.iter().map(|t| t.map.len()).sum::<usize>() >= PREFETCH_MIN_ENTITIES {
             self.prefetch_slots(&keys);
             self.prefetch_blocks(&keys);
