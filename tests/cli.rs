@@ -45,6 +45,22 @@ struct Trained {
     root: PathBuf,
 }
 
+/// `vigil evaluate --model M --data D --json --report ROOT/report` plus `extra`: its JSON.
+fn evaluate_json(t: &Trained, report: &str, extra: &[&str]) -> serde_json::Value {
+    let mut e = vigil();
+    e.args([
+        "evaluate",
+        "--model",
+        s(&t.model),
+        "--data",
+        s(&t.data),
+        "--json",
+    ])
+    .args(extra)
+    .args(["--report", s(&t.root.join(report))]);
+    serde_json::from_str(ok(e).trim()).expect("--json prints one JSON object")
+}
+
 fn generate_and_train() -> Trained {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().to_path_buf();
@@ -112,22 +128,16 @@ fn train_inspect_evaluate_round_trip() {
         serde_json::from_str(ok(i).trim()).expect("inspect --json prints JSON");
     assert_eq!(header["state_partitions"], 3);
     let training = &header["training"];
-    let mut e = vigil();
-    e.args([
-        "evaluate",
-        "--model",
-        s(&t.model),
-        "--data",
-        s(&t.data),
-        "--from",
-        training["test_from"].as_str().expect("test_from"),
-        "--to",
-        training["test_to"].as_str().expect("test_to"),
-        "--json",
-        "--report",
-        s(&t.root.join("test-report")),
-    ]);
-    let v: serde_json::Value = serde_json::from_str(ok(e).trim()).expect("JSON");
+    let v = evaluate_json(
+        &t,
+        "test-report",
+        &[
+            "--from",
+            training["test_from"].as_str().expect("test_from"),
+            "--to",
+            training["test_to"].as_str().expect("test_to"),
+        ],
+    );
     let stored = header["evaluation"]["auc_roc"]
         .as_f64()
         .expect("stored auc");
@@ -138,22 +148,7 @@ fn train_inspect_evaluate_round_trip() {
     );
 
     let preds = t.root.join("preds.csv");
-    let mut e = vigil();
-    e.args([
-        "evaluate",
-        "--model",
-        s(&t.model),
-        "--data",
-        s(&t.data),
-        "--json",
-        "--predictions",
-        s(&preds),
-        "--report",
-        s(&t.root.join("eval-report")),
-    ]);
-    let out = ok(e);
-    let v: serde_json::Value =
-        serde_json::from_str(out.trim()).expect("--json prints one JSON object");
+    let v = evaluate_json(&t, "eval-report", &["--predictions", s(&preds)]);
     for key in [
         "auc_roc",
         "average_precision",
