@@ -34,6 +34,10 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use vigil::features::{FeatureEngine, FeatureSpec};
 
+/// The allocator the `vigil` binary runs with, so allocation costs are the product's.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DAY_MS: i64 = 86_400_000;
 const CHUNK: usize = 50_000;
 
