@@ -41,7 +41,9 @@ fn main() -> Result<(), String> {
     let data: Vec<u64> = (0..words as u64).collect();
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let n = 4_000_000usize;
-    let at: Vec<usize> = (0..n).map(|_| (next(&mut seed) as usize % lines) * 8).collect();
+    let at: Vec<usize> = (0..n)
+        .map(|_| (next(&mut seed) as usize % lines) * 8)
+        .collect();
 
     let start = Instant::now();
     let mut sum = 0u64;

@@ -664,7 +664,8 @@ impl Entity {
         self.block.as_ptr().cast::<u8>().wrapping_add(off)
     }
 
-    /// Prefetches the aggregates and the newest times and amounts.
+    /// Prefetches the aggregates and the newest row of every stored column (what "previous
+    /// event" features read, and where the event is appended).
     #[inline]
     pub fn prefetch_front_matter(&self, layout: &Layout) {
         let aggs = (layout.n_wins + layout.n_risks) * AGG_BYTES;
@@ -675,8 +676,23 @@ impl Entity {
         }
         let o = layout.offsets(self.cap as usize);
         let last = (self.rows as usize).saturating_sub(1);
+        let c = layout.cols;
         prefetch(self.addr(o.ts + 8 * last));
         prefetch(self.addr(o.amount + 4 * last));
+        for (stored, off, size) in [
+            (c.known_at, o.known_at, 8),
+            (c.bits, o.bits, 4),
+            (c.tag, o.tag, 4),
+            (c.loc, o.lat, 4),
+            (c.loc, o.lon, 4),
+            (c.attrs[0], o.attrs[0], 4),
+            (c.attrs[1], o.attrs[1], 4),
+            (c.attrs[2], o.attrs[2], 4),
+        ] {
+            if stored {
+                prefetch(self.addr(off + size * last));
+            }
+        }
     }
 
     /// Prefetches the time and amount of live event `i`.
