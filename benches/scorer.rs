@@ -20,12 +20,12 @@ use std::time::Instant;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vigil::features::FeatureEngine;
 use vigil::model;
+use vigil::record::{read_history, ReadOptions, Transaction};
+use vigil::scorer::Scorer;
 
 /// The allocator the `vigil` binary runs with, so allocation costs are the product's.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use vigil::record::{read_history, ReadOptions, Transaction};
-use vigil::scorer::Scorer;
 
 /// The warmed scorer and an endless, in-order stream of transactions.
 struct Setup {
