@@ -13,6 +13,11 @@
 //! ```
 //!
 //! and divide the reported total by `--events`.
+//!
+//! `--spec` takes `default` (`training/features.toml`, 30-day stream), `minimal` (count, sum and
+//! max over 1 h, 1-hour stream) or the path of any spec file, run on the 30-day stream; the
+//! specs in `benches/specs/` are the default spec's feature families one at a time (the cost
+//! table in BENCHMARKS.md).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -107,7 +112,12 @@ fn main() -> Result<(), String> {
             .map_err(|e| e.to_string())?,
             3_600_000,
         ),
-        other => return Err(format!("--spec: unknown spec {other} (default or minimal)")),
+        // Any other value: a spec file, on the default spec's 30-day stream (to time parts of
+        // a spec, e.g. one feature family at a time).
+        path => (
+            FeatureSpec::load(Path::new(path)).map_err(|e| format!("--spec {path}: {e}"))?,
+            30 * DAY_MS,
+        ),
     };
     let spec = Arc::new(spec);
     let mut stream = Stream::new(args.cards, span_ms, 42);

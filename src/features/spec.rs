@@ -956,6 +956,32 @@ mod tests {
         assert_eq!(spec.source(), DEFAULT);
     }
 
+    /// The specs in `benches/specs/` (BENCHMARKS.md's cost per feature family) parse, and
+    /// between them hold exactly the default spec's features but the previous-event ones.
+    #[test]
+    fn bench_family_specs_cover_the_default_spec() {
+        let families = [
+            include_str!("../../benches/specs/transaction.toml"),
+            include_str!("../../benches/specs/card_windows.toml"),
+            include_str!("../../benches/specs/card_distinct.toml"),
+            include_str!("../../benches/specs/merchant_windows.toml"),
+            include_str!("../../benches/specs/merchant_risk.toml"),
+        ];
+        let mut covered = std::collections::BTreeSet::new();
+        for family in families {
+            let spec = FeatureSpec::from_toml_str(family).unwrap();
+            covered.extend(spec.feature_names().iter().cloned());
+        }
+        let default = FeatureSpec::from_toml_str(DEFAULT).unwrap();
+        let expected: std::collections::BTreeSet<String> = default
+            .feature_names()
+            .iter()
+            .filter(|n| !n.ends_with("_prev") && !n.ends_with("_changed"))
+            .cloned()
+            .collect();
+        assert_eq!(covered, expected);
+    }
+
     #[test]
     fn errors_name_the_key_path() {
         let base = "[[window]]\nentity = \"card\"\nlengths = [\"1h\"]\naggregates = [\"count\"]\n";
