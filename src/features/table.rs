@@ -146,6 +146,8 @@ pub(super) struct Layout {
     /// `before` of each column, in [`Offsets`] field order (ts, known_at, amount, bits, tag,
     /// lat, lon, attrs 0-2), then the row size.
     before: [usize; 11],
+    /// Value size of each column in the same order, 0 for a column the table does not store.
+    sizes: [usize; 10],
 }
 
 impl Layout {
@@ -164,10 +166,12 @@ impl Layout {
             (c.attrs[2], 4),
         ];
         let mut before = [0usize; 11];
+        let mut stored = [0usize; 10];
         let mut acc = 0;
         for (i, &(present, size)) in sizes.iter().enumerate() {
             before[i] = acc;
             if present {
+                stored[i] = size;
                 acc += size;
             }
         }
@@ -178,7 +182,19 @@ impl Layout {
             cols,
             aggs_bytes: (n_wins + n_risks) * AGG_BYTES,
             before,
+            sizes: stored,
         }
+    }
+
+    /// `(byte offset, value size)` of every stored column in a block of capacity `cap`: what
+    /// moving, copying or prefetching whole rows goes over.
+    #[inline(always)]
+    fn stored(&self, cap: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.sizes
+            .iter()
+            .zip(&self.before)
+            .filter(|(&size, _)| size > 0)
+            .map(move |(&size, &before)| (self.aggs_bytes + before * cap, size))
     }
 
     #[inline(always)]
@@ -524,32 +540,14 @@ impl Entity {
 
     /// Moves rows `[from, to)` of every column to start at row `dest` (within capacity).
     fn move_rows(&mut self, layout: &Layout, from: usize, to: usize, dest: usize) {
-        let o = layout.offsets(self.cap as usize);
-        let c = layout.cols;
         let cap = self.cap as usize;
-        let b = &mut self.block;
-        // SAFETY: rows are within `cap` (callers) and every column holds `cap` values.
-        unsafe {
-            col_mut::<i64>(b, o.ts, cap).copy_within(from..to, dest);
-            col_mut::<f32>(b, o.amount, cap).copy_within(from..to, dest);
-            if c.known_at {
-                col_mut::<i64>(b, o.known_at, cap).copy_within(from..to, dest);
-            }
-            if c.bits {
-                col_mut::<u32>(b, o.bits, cap).copy_within(from..to, dest);
-            }
-            if c.tag {
-                col_mut::<u32>(b, o.tag, cap).copy_within(from..to, dest);
-            }
-            if c.loc {
-                col_mut::<f32>(b, o.lat, cap).copy_within(from..to, dest);
-                col_mut::<f32>(b, o.lon, cap).copy_within(from..to, dest);
-            }
-            for (i, &present) in c.attrs.iter().enumerate() {
-                if present {
-                    col_mut::<u32>(b, o.attrs[i], cap).copy_within(from..to, dest);
-                }
-            }
+        let len = self.block.len() * 8;
+        // SAFETY: the whole block as bytes (u8 has no alignment or validity requirement).
+        let bytes = unsafe { col_mut::<u8>(&mut self.block, 0, len) };
+        for (off, size) in layout.stored(cap) {
+            // Rows are within `cap` (callers) and every column holds `cap` values, so the
+            // ranges are inside the block (bounds-checked anyway).
+            bytes.copy_within(off + size * from..off + size * to, off + size * dest);
         }
     }
 
@@ -567,35 +565,21 @@ impl Entity {
             return;
         }
         let new_cap = (2 * n).max(4);
-        let old_o = layout.offsets(self.cap as usize);
         let new_o = layout.offsets(new_cap);
         let mut block = vec![0u64; new_o.end.div_ceil(8)].into_boxed_slice();
         let aggs_words = (layout.n_wins + layout.n_risks) * AGG_BYTES / 8;
         block[..aggs_words].copy_from_slice(&self.block[..aggs_words]);
-        let c = layout.cols;
-        let copy = |dst: &mut [u64], doff: usize, soff: usize, size: usize, present: bool| {
-            if present {
-                let src = &self.block;
-                // SAFETY: byte ranges inside both blocks (live rows `h..h+n` of the old column,
-                // rows `0..n` of the new one, `n <= new_cap`); non-overlapping allocations.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        src.as_ptr().cast::<u8>().add(soff + size * h),
-                        dst.as_mut_ptr().cast::<u8>().add(doff),
-                        size * n,
-                    );
-                }
+        let old_cols = layout.stored(self.cap as usize);
+        for ((doff, size), (soff, _)) in layout.stored(new_cap).zip(old_cols) {
+            // SAFETY: byte ranges inside both blocks (live rows `h..h+n` of the old column,
+            // rows `0..n` of the new one, `n <= new_cap`); non-overlapping allocations.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    self.block.as_ptr().cast::<u8>().add(soff + size * h),
+                    block.as_mut_ptr().cast::<u8>().add(doff),
+                    size * n,
+                );
             }
-        };
-        copy(&mut block, new_o.ts, old_o.ts, 8, true);
-        copy(&mut block, new_o.known_at, old_o.known_at, 8, c.known_at);
-        copy(&mut block, new_o.amount, old_o.amount, 4, true);
-        copy(&mut block, new_o.bits, old_o.bits, 4, c.bits);
-        copy(&mut block, new_o.tag, old_o.tag, 4, c.tag);
-        copy(&mut block, new_o.lat, old_o.lat, 4, c.loc);
-        copy(&mut block, new_o.lon, old_o.lon, 4, c.loc);
-        for i in 0..3 {
-            copy(&mut block, new_o.attrs[i], old_o.attrs[i], 4, c.attrs[i]);
         }
         self.block = block;
         self.cap = new_cap as u32;
@@ -674,24 +658,9 @@ impl Entity {
             super::table::prefetch(self.addr(line));
             line += 64;
         }
-        let o = layout.offsets(self.cap as usize);
         let last = (self.rows as usize).saturating_sub(1);
-        let c = layout.cols;
-        prefetch(self.addr(o.ts + 8 * last));
-        prefetch(self.addr(o.amount + 4 * last));
-        for (stored, off, size) in [
-            (c.known_at, o.known_at, 8),
-            (c.bits, o.bits, 4),
-            (c.tag, o.tag, 4),
-            (c.loc, o.lat, 4),
-            (c.loc, o.lon, 4),
-            (c.attrs[0], o.attrs[0], 4),
-            (c.attrs[1], o.attrs[1], 4),
-            (c.attrs[2], o.attrs[2], 4),
-        ] {
-            if stored {
-                prefetch(self.addr(off + size * last));
-            }
+        for (off, size) in layout.stored(self.cap as usize) {
+            prefetch(self.addr(off + size * last));
         }
     }
 
