@@ -89,7 +89,7 @@ criterion_group! {
     // Criterion draws its HTML plots with plotters, which (built with `ab_glyph`, not system
     // fonts) has no font until one is registered.
     config = {
-        vigil::eval::report::register_font().expect("embedded font");
+        vigil::offline::report::register_font().expect("embedded font");
         Criterion::default()
     };
     targets = bench

@@ -18,7 +18,7 @@ use vigil::features::FeatureSpec;
 use vigil::forest::train::{ClassWeight, MaxFeatures, RandomForestParams};
 use vigil::generate::{self, GeneratorConfig};
 use vigil::model;
-use vigil::pipeline::{self, parse_instant, Period, Reporter, SplitSpec};
+use vigil::offline::{self, parse_instant, Period, Reporter, SplitSpec};
 use vigil::record::{self, format_timestamp, History, ReadOptions, Transaction};
 
 const DEFAULT_SPEC: &str = "training/features.toml";
@@ -491,7 +491,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
             .unwrap_or_else(|| "model".into())
     });
     let history = read_history(&a.history, &bars)?;
-    let opts = pipeline::TrainOptions {
+    let opts = offline::TrainOptions {
         model_id: model_id.clone(),
         data_label: a.history.data.display().to_string(),
         split,
@@ -500,7 +500,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
         thresholds,
         partitions: a.partitions,
     };
-    let trained = pipeline::train(spec, &history.transactions, &opts, &bars)?;
+    let trained = offline::train(spec, &history.transactions, &opts, &bars)?;
     let h = &trained.header;
     println!(
         "trained {} trees (max depth {}, {} nodes) on {} rows ({} fraud) from {} to {} in {:.1}s",
@@ -540,7 +540,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 .report
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("reports").join(&model_id));
-            let files = vigil::eval::write_report(
+            let files = vigil::offline::report::write_report(
                 &dir,
                 &format!("{} on the test period", loaded.name()),
                 ev,
@@ -578,11 +578,11 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
         from_ms: instant("--from", &a.from, i64::MIN)?,
         to_ms: instant("--to", &a.to, i64::MAX)?,
     };
-    let scored = pipeline::score_history(&model, txs, period, &bars);
+    let scored = offline::score_history(&model, txs, period, &bars);
     if scored.rows.is_empty() {
         bail!("no rows of {} fall in {period}", a.history.data.display());
     }
-    let ev = pipeline::evaluate_scored(txs, &scored, a.k, &model.header.thresholds)?;
+    let ev = offline::evaluate_scored(txs, &scored, a.k, &model.header.thresholds)?;
     if let Some(p) = &a.predictions {
         write_predictions(p, txs, &scored)
             .with_context(|| format!("writing predictions to {}", p.display()))?;
@@ -590,7 +590,7 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let dir = a.report.clone().unwrap_or_else(|| {
         PathBuf::from("reports").join(format!("evaluate-{}", model.header.model_id))
     });
-    let files = vigil::eval::write_report(&dir, &model.name(), &ev)
+    let files = vigil::offline::report::write_report(&dir, &model.name(), &ev)
         .with_context(|| format!("writing report to {}", dir.display()))?;
     if a.json {
         println!("{}", serde_json::to_string(&ev)?);
@@ -608,7 +608,11 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     Ok(())
 }
 
-fn write_predictions(path: &Path, txs: &[Transaction], scored: &pipeline::Scored) -> Result<()> {
+fn write_predictions(
+    path: &Path,
+    txs: &[Transaction],
+    scored: &offline::PeriodScores,
+) -> Result<()> {
     let file = File::create(path)?;
     let mut w = csv::Writer::from_writer(BufWriter::new(file));
     w.write_record(["transaction_id", "card_id", "timestamp", "score", "label"])?;
@@ -644,7 +648,7 @@ fn cmd_features(a: FeaturesArgs) -> Result<()> {
     let mut err: Option<csv::Error> = None;
     let mut fields: Vec<String> = Vec::with_capacity(header.len());
     bars.stage("features", txs.len() as u64);
-    vigil::pipeline::replay_history(&spec, txs, a.partitions, |i, row| {
+    vigil::offline::replay_history(&spec, txs, a.partitions, |i, row| {
         if err.is_some() {
             return;
         }

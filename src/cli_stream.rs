@@ -15,7 +15,7 @@ use rdkafka::message::Message;
 
 use vigil::config::{self, Config, Loader};
 use vigil::decision::Decision;
-use vigil::pipeline::Reporter;
+use vigil::offline::Reporter;
 use vigil::record::format_timestamp;
 use vigil::serve::{self, ServeOptions};
 use vigil::shutdown::Shutdown;

@@ -16,7 +16,7 @@
 //! - [`eval`]: metrics (AUC ROC, average precision, card precision@k) and the plotted report.
 //! - [`generate`]: the seeded synthetic history generator.
 //! - [`scorer`]: in-process scoring of one transaction: features, score, decision, reasons.
-//! - [`pipeline`]: the glue the CLI calls: history -> feature matrix -> train / evaluate.
+//! - [`offline`]: the jobs the CLI runs: time split, feature matrix, train, evaluate, report.
 //! - [`partition`]: Kafka's default partition function (which partition owns a card's state).
 //! - [`service`]: the scoring core a serving process shares between its Kafka and gRPC front
 //!   ends: per-partition state, hot-swappable model, alert fan-out (no I/O).
@@ -30,17 +30,12 @@
 //! - [`telemetry`]: metric names and the events that emit them.
 //! - [`shutdown`]: the shutdown signal shared by threads and tasks.
 
+pub use vigil_core::{decision, eval, features, forest, model, partition, record};
+
 pub mod api;
 pub mod config;
-pub mod decision;
-pub mod eval;
-pub mod features;
-pub mod forest;
 pub mod generate;
-pub mod model;
-pub mod partition;
-pub mod pipeline;
-pub mod record;
+pub mod offline;
 pub mod scorer;
 pub mod serve;
 pub mod service;

@@ -3,7 +3,8 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use vigil::decision::Thresholds;
-use vigil::eval::{evaluate, write_report, Evaluation};
+use vigil::eval::{evaluate, Evaluation};
+use vigil::offline::report::write_report;
 
 const PNG_MAGIC: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
 /// 2024-03-01T00:00:00Z.

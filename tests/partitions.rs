@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vigil::model;
-use vigil::pipeline;
+use vigil::offline;
 use vigil::record::{read_history, ReadOptions};
 use vigil::service::{ScoreOptions, ScoringCore};
 
@@ -26,7 +26,7 @@ fn partitioned_training_replay_equals_the_partitioned_scoring_core() {
 
     let replay = |partitions: u32| {
         let mut rows = vec![0.0f32; txs.len() * nf];
-        pipeline::replay_history(&spec, txs, partitions, |i, row| {
+        offline::replay_history(&spec, txs, partitions, |i, row| {
             rows[i * nf..(i + 1) * nf].copy_from_slice(row);
         });
         rows

@@ -1,4 +1,4 @@
-//! Trainer and scorer agree: a model trained by the pipeline, written to a file and loaded back,
+//! Trainer and scorer agree: a model trained by the offline trainer, written to a file and loaded back,
 //! scores every transaction of a history, fed one at a time through `Scorer` (the live path),
 //! exactly as the trainer's own forest scores the batch feature matrix of the same history.
 
@@ -10,7 +10,7 @@ use vigil::features::{FeatureSpec, LabelSchedule};
 use vigil::forest::train::{ClassWeight, RandomForestParams};
 use vigil::generate::{generate, GeneratorConfig};
 use vigil::model;
-use vigil::pipeline::{self, Quiet, SplitSpec, TrainOptions};
+use vigil::offline::{self, Quiet, SplitSpec, TrainOptions};
 use vigil::record::{read_history_from, ReadOptions, Transaction};
 use vigil::scorer::Scorer;
 
@@ -64,7 +64,7 @@ fn live_scores_equal_trainer_predictions_after_a_file_round_trip() {
         thresholds: None,
         partitions: 1,
     };
-    let trained = pipeline::train(spec.clone(), &txs, &opts, &Quiet).expect("trains");
+    let trained = offline::train(spec.clone(), &txs, &opts, &Quiet).expect("trains");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.vgm");
@@ -76,7 +76,7 @@ fn live_scores_equal_trainer_predictions_after_a_file_round_trip() {
     );
 
     // Batch path: the training matrix and the trainer's own forest.
-    let x = pipeline::feature_matrix(&spec, &txs, 1, &Quiet);
+    let x = offline::feature_matrix(&spec, &txs, 1, &Quiet);
     // Live path: one event at a time, labels fed when they become known.
     let mut scorer = Scorer::new(loaded.clone());
     let mut labels = LabelSchedule::new(spec.label_latency_ms());
@@ -130,7 +130,7 @@ fn model_for_another_spec_is_refused() {
         thresholds: None,
         partitions: 1,
     };
-    let trained = pipeline::train(spec.clone(), &txs, &opts, &Quiet).expect("trains");
+    let trained = offline::train(spec.clone(), &txs, &opts, &Quiet).expect("trains");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("m.vgm");
     model::save(&path, &trained.header, &trained.forest).expect("saves");

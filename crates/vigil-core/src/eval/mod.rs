@@ -1,11 +1,11 @@
 //! Model evaluation: the metrics `vigil train` reports on the test period and `vigil evaluate`
-//! reports on any labelled history, plus the plotted report.
+//! reports on any labelled history. (The plotted report of an [`Evaluation`] is drawn by the
+//! `vigil` crate's `offline::report`; this module does no I/O.)
 //!
 //! - [`ranking`]: AUC ROC and average precision with scikit-learn's semantics (ties included),
 //!   ROC / precision-recall curves, confusion matrices at thresholds, threshold suggestion.
 //! - [`card`]: card precision@k per UTC day (what a fraud team with `k` daily investigations
 //!   would actually catch).
-//! - [`report`]: PNG plots, `index.html` and `metrics.json` (the only I/O in this module).
 //!
 //! [`evaluate`] computes everything in one go from columnar inputs and returns an
 //! [`Evaluation`]: plain serializable data (the curves are downsampled and the score histogram is
@@ -16,7 +16,6 @@
 
 pub mod card;
 pub mod ranking;
-pub mod report;
 
 use std::fmt;
 
@@ -26,7 +25,6 @@ use crate::decision::Thresholds;
 
 pub use card::{card_precision_at_k, CardPrecision, DailyCardPrecision};
 pub use ranking::{Confusion, PrPoint, Ranking, RocPoint, ThresholdPolicy};
-pub use report::{write_report, ReportError};
 
 /// Card precision@k's default daily investigation budget (as in the Fraud Detection Handbook).
 pub const DEFAULT_K: usize = 100;

@@ -17,7 +17,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use super::{Evaluation, ThresholdMetrics};
+use crate::eval::{Evaluation, ThresholdMetrics};
 
 /// The embedded font; see `assets/fonts/DejaVuSans-LICENSE.txt`.
 static DEJAVU_SANS: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");

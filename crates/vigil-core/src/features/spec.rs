@@ -925,7 +925,7 @@ mod tests {
         assert_eq!(format_duration(parse_duration("48h").unwrap()), "2d");
     }
 
-    const DEFAULT: &str = include_str!("../../training/features.toml");
+    const DEFAULT: &str = include_str!("../../../../training/features.toml");
 
     fn err(toml: &str) -> SpecError {
         FeatureSpec::from_toml_str(toml).unwrap_err()
@@ -961,11 +961,11 @@ mod tests {
     #[test]
     fn bench_family_specs_cover_the_default_spec() {
         let families = [
-            include_str!("../../benches/specs/transaction.toml"),
-            include_str!("../../benches/specs/card_windows.toml"),
-            include_str!("../../benches/specs/card_distinct.toml"),
-            include_str!("../../benches/specs/merchant_windows.toml"),
-            include_str!("../../benches/specs/merchant_risk.toml"),
+            include_str!("../../../../benches/specs/transaction.toml"),
+            include_str!("../../../../benches/specs/card_windows.toml"),
+            include_str!("../../../../benches/specs/card_distinct.toml"),
+            include_str!("../../../../benches/specs/merchant_windows.toml"),
+            include_str!("../../../../benches/specs/merchant_risk.toml"),
         ];
         let mut covered = std::collections::BTreeSet::new();
         for family in families {
