@@ -1,15 +1,13 @@
-//! The `vigil` command line: a thin layer over the library. It parses arguments, reads and writes
-//! files, draws progress bars and prints results; all the work is in `vigil::*`.
+//! The `vigil` binary: parse the command line, set up logging, run the command (`cli`), map the
+//! result to an exit code. All the work is in the `vigil` library.
 
-mod api_cli;
 mod cli;
-mod cli_stream;
 
 use std::process::ExitCode;
 
 /// mimalloc instead of the system allocator: scoring a record allocates a few small strings
-/// (ids, reason names), and glibc's malloc was a quarter of a scoring thread's time on the Kafka
-/// path (BENCHMARKS.md, "Kafka path"). Its `override` feature (Cargo.toml) also replaces
+/// (ids, reason names), and glibc's malloc was a large share of a scoring thread's time on the
+/// Kafka path (BENCHMARKS.md, "Kafka path"). Its `override` feature (Cargo.toml) also replaces
 /// `malloc`/`free` for C code, so librdkafka's per-message allocations use it as well.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -22,11 +20,17 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(args.default_log_filter())),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in files and pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of stdout went away (`vigil ... | head`): what it wanted was written.
+        Err(e) if cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // stderr itself may be gone; nothing better to do then than to exit.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "error: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -57,7 +57,10 @@ pub fn install_prometheus(
 
 fn describe() {
     describe_counter!(TRANSACTIONS_IN, "Records read from the transactions topic");
-    describe_counter!(VERDICTS, "Verdicts made, by decision");
+    describe_counter!(
+        VERDICTS,
+        "Verdicts made, by decision and by the path that scored them (kafka, grpc)"
+    );
     describe_counter!(
         DEAD_LETTERS,
         "Records sent to the dead-letter topic, by reason"
@@ -70,9 +73,9 @@ fn describe() {
     describe_histogram!(
         SCORING_LATENCY,
         Unit::Seconds,
-        "Features + forest + reasons, per transaction"
+        "Features + forest + reasons per transaction, by path"
     );
-    describe_histogram!(SCORE, "Distribution of fraud scores");
+    describe_histogram!(SCORE, "Distribution of fraud scores, by path");
     describe_gauge!(
         CONSUMER_LAG,
         "Records behind the end of each assigned partition"
@@ -99,39 +102,74 @@ fn describe() {
     );
 }
 
-/// Why a record went to the dead-letter topic (the `reason` label; the header has the details).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeadLetterReason {
-    /// Not a JSON object of the transaction shape.
-    Decode,
-    /// A field breaks a record rule.
-    Validation,
-    /// The record key is not the card id (state is kept per partition of the card).
-    KeyMismatch,
+/// Which front end scored a transaction: the `path` label of the verdict metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScoringPath {
+    /// A record of the transactions topic (`vigil serve`, `vigil demo`).
+    Kafka,
+    /// A `Score` or `ScoreBatch` call.
+    Grpc,
 }
 
-impl DeadLetterReason {
+impl ScoringPath {
+    pub const ALL: [ScoringPath; 2] = [ScoringPath::Kafka, ScoringPath::Grpc];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            DeadLetterReason::Decode => "decode",
-            DeadLetterReason::Validation => "validation",
-            DeadLetterReason::KeyMismatch => "key_mismatch",
+            ScoringPath::Kafka => "kafka",
+            ScoringPath::Grpc => "grpc",
         }
     }
 }
 
-/// Pre-resolved handles for the per-transaction path.
+/// Pre-resolved handles for the verdicts of one [`ScoringPath`], recorded by the scoring core
+/// for every transaction it scores (dry runs excepted: they decide nothing).
+///
+/// Handles bind to the recorder installed when they are created: create them after
+/// [`install_prometheus`] (`vigil serve` does), or they stay no-ops.
 #[derive(Clone)]
-pub struct StreamMetrics {
-    transactions_in: Counter,
+pub struct ScoringMetrics {
     approve: Counter,
     review: Counter,
     decline: Counter,
+    scoring: Histogram,
+    score: Histogram,
+}
+
+impl ScoringMetrics {
+    pub fn new(path: ScoringPath) -> ScoringMetrics {
+        let p = path.as_str();
+        let verdict = |d: Decision| counter!(VERDICTS, "decision" => d.as_str(), "path" => p);
+        ScoringMetrics {
+            approve: verdict(Decision::Approve),
+            review: verdict(Decision::Review),
+            decline: verdict(Decision::Decline),
+            scoring: histogram!(SCORING_LATENCY, "path" => p),
+            score: histogram!(SCORE, "path" => p),
+        }
+    }
+
+    /// One verdict: its decision, its score and how long scoring took (features, forest,
+    /// reasons, including the wait for the partition's lock).
+    pub fn verdict(&self, decision: Decision, score: f32, scoring: Duration) {
+        match decision {
+            Decision::Approve => &self.approve,
+            Decision::Review => &self.review,
+            Decision::Decline => &self.decline,
+        }
+        .increment(1);
+        self.score.record(f64::from(score));
+        self.scoring.record(scoring.as_secs_f64());
+    }
+}
+
+/// Pre-resolved handles for the Kafka path's per-record events.
+#[derive(Clone)]
+pub struct StreamMetrics {
+    transactions_in: Counter,
     dead_decode: Counter,
     dead_validation: Counter,
     dead_key: Counter,
-    scoring: Histogram,
-    score: Histogram,
     e2e_broker: Histogram,
     e2e_event: Histogram,
     delivery_errors: Counter,
@@ -145,18 +183,12 @@ impl Default for StreamMetrics {
 
 impl StreamMetrics {
     pub fn new() -> StreamMetrics {
-        let dead = |r: DeadLetterReason| counter!(DEAD_LETTERS, "reason" => r.as_str());
-        let verdict = |d: Decision| counter!(VERDICTS, "decision" => d.as_str());
+        let dead = |r: &'static str| counter!(DEAD_LETTERS, "reason" => r);
         StreamMetrics {
             transactions_in: counter!(TRANSACTIONS_IN),
-            approve: verdict(Decision::Approve),
-            review: verdict(Decision::Review),
-            decline: verdict(Decision::Decline),
-            dead_decode: dead(DeadLetterReason::Decode),
-            dead_validation: dead(DeadLetterReason::Validation),
-            dead_key: dead(DeadLetterReason::KeyMismatch),
-            scoring: histogram!(SCORING_LATENCY),
-            score: histogram!(SCORE),
+            dead_decode: dead("decode"),
+            dead_validation: dead("validation"),
+            dead_key: dead("key_mismatch"),
             e2e_broker: histogram!(END_TO_END_LATENCY, "from" => "broker"),
             e2e_event: histogram!(END_TO_END_LATENCY, "from" => "event"),
             delivery_errors: counter!(DELIVERY_ERRORS),
@@ -167,22 +199,13 @@ impl StreamMetrics {
         self.transactions_in.increment(1);
     }
 
-    pub fn verdict(&self, decision: Decision, score: f32, scoring: Duration) {
-        match decision {
-            Decision::Approve => &self.approve,
-            Decision::Review => &self.review,
-            Decision::Decline => &self.decline,
-        }
-        .increment(1);
-        self.score.record(f64::from(score));
-        self.scoring.record(scoring.as_secs_f64());
-    }
-
-    pub fn dead_letter(&self, reason: DeadLetterReason) {
+    /// A record sent to the dead-letter topic; `reason` is its `vigil.reason` header value
+    /// (`decode`, `validation`, `key_mismatch`).
+    pub fn dead_letter(&self, reason: &str) {
         match reason {
-            DeadLetterReason::Decode => &self.dead_decode,
-            DeadLetterReason::Validation => &self.dead_validation,
-            DeadLetterReason::KeyMismatch => &self.dead_key,
+            "decode" => &self.dead_decode,
+            "validation" => &self.dead_validation,
+            _ => &self.dead_key,
         }
         .increment(1);
     }

@@ -11,7 +11,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Request, Status};
 
-use super::pb;
+use crate::proto as pb;
 
 /// How to reach a server.
 #[derive(Debug, Clone, Default)]

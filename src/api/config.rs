@@ -1,7 +1,8 @@
-//! Configuration of the gRPC API: what an operator writes (flags, or a `[grpc]` table of the
-//! service's TOML file), checked once into [`ApiSettings`] (tokens read, TLS material read,
-//! limits in range). A bad value is refused with an error naming its key; the CLI shows the key
-//! as its flag (`max_message_bytes` is `--grpc-max-message-bytes`, see [`ConfigError::flag`]).
+//! Configuration of the gRPC API: the `[grpc]` table of vigil's configuration (also set by
+//! `VIGIL_GRPC__<KEY>` and the `--grpc-*` flags), checked once into [`ApiSettings`] (tokens
+//! read, TLS material read, limits in range). A bad value is refused with an error naming its
+//! key. Paths and names that may be absent are strings whose empty value means "not set" (the
+//! configuration loader types every key by its default).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -18,19 +19,24 @@ pub const MIN_TOKEN_LEN: usize = 16;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
+    /// Serve the API (`vigil serve --grpc-addr ...` or `--no-kafka` turn it on).
+    pub enabled: bool,
     /// Address to listen on, `HOST:PORT` (port 0 picks a free port).
     pub addr: String,
+    /// Worker threads of the runtime that serves the API and the HTTP endpoints; 0 = one per
+    /// core. (Kafka scoring has its own threads, `pipeline.workers`.)
+    pub threads: usize,
     /// Server certificate chain (PEM). With `tls_key`, the API is served over TLS only.
-    pub tls_cert: Option<PathBuf>,
+    pub tls_cert: PathBuf,
     /// Server private key (PEM).
-    pub tls_key: Option<PathBuf>,
+    pub tls_key: PathBuf,
     /// CA certificate(s) (PEM) that client certificates must chain to: mutual TLS. Clients
     /// without a valid certificate are refused during the handshake.
-    pub tls_client_ca: Option<PathBuf>,
+    pub tls_client_ca: PathBuf,
     /// File of bearer tokens, one per line (blank lines and `#` comments ignored).
-    pub token_file: Option<PathBuf>,
+    pub token_file: PathBuf,
     /// Name of an environment variable holding bearer tokens, comma-separated.
-    pub tokens_env: Option<String>,
+    pub tokens_env: String,
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
     /// Unary calls (Score, ScoreBatch, GetModel) in progress at once, over all connections.
@@ -51,12 +57,14 @@ pub struct ApiConfig {
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
+            enabled: false,
             addr: DEFAULT_ADDR.to_string(),
-            tls_cert: None,
-            tls_key: None,
-            tls_client_ca: None,
-            token_file: None,
-            tokens_env: None,
+            threads: 0,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            tls_client_ca: PathBuf::new(),
+            token_file: PathBuf::new(),
+            tokens_env: String::new(),
             max_message_bytes: 4 * 1024 * 1024,
             max_concurrent_requests: 1024,
             queue_timeout_ms: 1000,
@@ -87,6 +95,11 @@ impl ConfigError {
     /// The command-line flag of the key: `--grpc-` and the key with dashes.
     pub fn flag(&self) -> String {
         format!("--grpc-{}", self.key.replace('_', "-"))
+    }
+
+    /// The same error as a configuration key error, `grpc.<key>`.
+    pub fn key_error(&self) -> crate::config::KeyError {
+        crate::config::KeyError::new(format!("grpc.{}", self.key), self.message.clone())
     }
 }
 
@@ -213,18 +226,61 @@ fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
     Ok(v)
 }
 
+/// A path key that is set (not empty).
+fn given(p: &Path) -> Option<&Path> {
+    Some(p).filter(|p| !p.as_os_str().is_empty())
+}
+
 impl ApiConfig {
-    /// Checks every value, reads the token sources and the TLS files.
-    pub fn check(&self) -> Result<ApiSettings, ConfigError> {
+    /// Checks the values without reading any file (what loading a configuration checks; files
+    /// are read by [`check`](Self::check) when the API starts).
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.addr.trim().is_empty() || !self.addr.contains(':') {
             return Err(ConfigError::new(
                 "addr",
                 format!("`{}` is not HOST:PORT", self.addr),
             ));
         }
-        let tls = match (&self.tls_cert, &self.tls_key) {
+        in_range("threads", self.threads, 0, 1024)?;
+        in_range("max_message_bytes", self.max_message_bytes, 1024, 256 << 20)?;
+        in_range(
+            "max_concurrent_requests",
+            self.max_concurrent_requests,
+            1,
+            1 << 20,
+        )?;
+        in_range("queue_timeout_ms", self.queue_timeout_ms, 0, 3_600_000)?;
+        in_range("request_timeout_ms", self.request_timeout_ms, 1, 3_600_000)?;
+        in_range("max_batch", self.max_batch, 1, 1_000_000)?;
+        in_range(
+            "max_alert_subscribers",
+            self.max_alert_subscribers,
+            1,
+            100_000,
+        )?;
+        match (given(&self.tls_cert), given(&self.tls_key)) {
+            (None, None) if given(&self.tls_client_ca).is_some() => Err(ConfigError::new(
+                "tls_client_ca",
+                "mutual TLS needs the server's own certificate too (tls_cert, tls_key)",
+            )),
+            (Some(_), None) => Err(ConfigError::new(
+                "tls_key",
+                "is missing: tls_cert is set, so the matching private key is needed",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                "tls_cert",
+                "is missing: tls_key is set, so the matching certificate is needed",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks every value, reads the token sources and the TLS files.
+    pub fn check(&self) -> Result<ApiSettings, ConfigError> {
+        self.validate()?;
+        let tls = match (given(&self.tls_cert), given(&self.tls_key)) {
             (None, None) => {
-                if self.tls_client_ca.is_some() {
+                if given(&self.tls_client_ca).is_some() {
                     return Err(ConfigError::new(
                         "tls_client_ca",
                         "mutual TLS needs the server's own certificate too (tls_cert, tls_key)",
@@ -249,7 +305,7 @@ impl ApiConfig {
                 check_pem("tls_cert", cert, &cert_pem, "CERTIFICATE")?;
                 let key_pem = read_file("tls_key", key)?;
                 check_pem("tls_key", key, &key_pem, "PRIVATE KEY")?;
-                let client_ca_pem = match &self.tls_client_ca {
+                let client_ca_pem = match given(&self.tls_client_ca) {
                     None => None,
                     Some(ca) => {
                         let pem = read_file("tls_client_ca", ca)?;
@@ -266,7 +322,7 @@ impl ApiConfig {
         };
 
         let mut tokens: Vec<String> = Vec::new();
-        if let Some(path) = &self.token_file {
+        if let Some(path) = given(&self.token_file) {
             let text = String::from_utf8(read_file("token_file", path)?).map_err(|_| {
                 ConfigError::new("token_file", format!("{} is not UTF-8", path.display()))
             })?;
@@ -288,7 +344,7 @@ impl ApiConfig {
             check_tokens("token_file", &from_file)?;
             tokens.extend(from_file);
         }
-        if let Some(var) = &self.tokens_env {
+        if let Some(var) = Some(self.tokens_env.trim()).filter(|v| !v.is_empty()) {
             let value = std::env::var(var).map_err(|_| {
                 ConfigError::new(
                     "tokens_env",
@@ -311,40 +367,16 @@ impl ApiConfig {
             tokens.extend(from_env);
         }
 
+        // In range: `validate` checked them.
         Ok(ApiSettings {
             tls,
             tokens: Tokens::new(tokens),
-            max_message_bytes: in_range(
-                "max_message_bytes",
-                self.max_message_bytes,
-                1024,
-                256 << 20,
-            )?,
-            max_concurrent_requests: in_range(
-                "max_concurrent_requests",
-                self.max_concurrent_requests,
-                1,
-                1 << 20,
-            )?,
-            queue_timeout: Duration::from_millis(in_range(
-                "queue_timeout_ms",
-                self.queue_timeout_ms,
-                0,
-                3_600_000,
-            )?),
-            request_timeout: Duration::from_millis(in_range(
-                "request_timeout_ms",
-                self.request_timeout_ms,
-                1,
-                3_600_000,
-            )?),
-            max_batch: in_range("max_batch", self.max_batch, 1, 1_000_000)?,
-            max_alert_subscribers: in_range(
-                "max_alert_subscribers",
-                self.max_alert_subscribers,
-                1,
-                100_000,
-            )?,
+            max_message_bytes: self.max_message_bytes,
+            max_concurrent_requests: self.max_concurrent_requests,
+            queue_timeout: Duration::from_millis(self.queue_timeout_ms),
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            max_batch: self.max_batch,
+            max_alert_subscribers: self.max_alert_subscribers,
         })
     }
 }
@@ -387,7 +419,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_are_refused_and_known_ones_parse() {
+    fn the_grpc_table_parses_and_refuses_unknown_keys() {
         let c: ApiConfig = toml::from_str("addr = \"0.0.0.0:9000\"\nmax_batch = 10\n").unwrap();
         assert_eq!(c.addr, "0.0.0.0:9000");
         assert_eq!(c.max_batch, 10);
@@ -406,19 +438,19 @@ mod tests {
         assert_eq!(e.flag(), "--grpc-max-message-bytes");
 
         let c = ApiConfig {
-            tls_cert: Some("cert.pem".into()),
+            tls_cert: "cert.pem".into(),
             ..ApiConfig::default()
         };
         assert_eq!(c.check().unwrap_err().key, "tls_key");
 
         let c = ApiConfig {
-            tls_client_ca: Some("ca.pem".into()),
+            tls_client_ca: "ca.pem".into(),
             ..ApiConfig::default()
         };
         assert_eq!(c.check().unwrap_err().key, "tls_client_ca");
 
         let c = ApiConfig {
-            tokens_env: Some("VIGIL_TEST_SURELY_UNSET_VARIABLE".into()),
+            tokens_env: "VIGIL_TEST_SURELY_UNSET_VARIABLE".into(),
             ..ApiConfig::default()
         };
         let e = c.check().unwrap_err();
@@ -436,7 +468,7 @@ mod tests {
         )
         .unwrap();
         let c = ApiConfig {
-            token_file: Some(path.clone()),
+            token_file: path.clone(),
             ..ApiConfig::default()
         };
         let s = c.check().unwrap();
@@ -455,7 +487,7 @@ mod tests {
         assert!(c.check().unwrap_err().message.contains("no token"));
 
         let missing = ApiConfig {
-            token_file: Some(dir.path().join("absent")),
+            token_file: dir.path().join("absent"),
             ..ApiConfig::default()
         };
         assert_eq!(missing.check().unwrap_err().key, "token_file");
@@ -469,8 +501,8 @@ mod tests {
         std::fs::write(&cert, "not a certificate").unwrap();
         std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\n").unwrap();
         let c = ApiConfig {
-            tls_cert: Some(cert),
-            tls_key: Some(key),
+            tls_cert: cert,
+            tls_key: key,
             ..ApiConfig::default()
         };
         assert_eq!(c.check().unwrap_err().key, "tls_cert");

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use crate::record::Transaction;
 
 use super::client::Client;
-use super::{convert, pb};
+use crate::proto::{self as pb, codec};
 
 /// What to send and how.
 #[derive(Debug, Clone)]
@@ -111,7 +111,7 @@ impl RequestStream {
     pub fn request(&self, i: u64) -> pb::ScoreRequest {
         let n = self.rows.len() as u64;
         let (pass, row) = (i / n, &self.rows[(i % n) as usize]);
-        let mut t = convert::transaction_to_pb(row);
+        let mut t = codec::transaction_to_pb(row);
         if pass > 0 {
             t.transaction_id = format!("{}#{pass}", row.transaction_id);
             t.time = Some(pb::transaction::Time::TimestampMs(
@@ -188,7 +188,7 @@ pub async fn run(
                             );
                         }
                         let d = resp.into_inner().verdict.map_or(0, |v| v.decision);
-                        if let Some(k) = convert::decision_from_pb(d) {
+                        if let Some(k) = codec::decision_from_pb(d) {
                             r.decisions[k as usize] += 1;
                         }
                     }

@@ -8,11 +8,10 @@
 //!   the moment shutdown begins.
 //! - [`config`]: [`ApiConfig`] as written (flags or a `[grpc]` TOML table) and the checked
 //!   [`ApiSettings`] (TLS material, tokens, limits).
-//! - [`convert`] is the only place that knows protobuf types; [`service`] implements the
-//!   handlers with domain types; [`auth`] checks bearer tokens; [`client`] connects a generated
+//! - [`handlers`] implements the service with domain types; [`convert`] turns requests into
+//!   domain calls and results into responses (transactions and verdicts themselves through
+//!   [`crate::proto::codec`]); [`auth`] checks bearer tokens; [`client`] connects a generated
 //!   client (used by `vigil score` and the load generator); [`load`] is the load generator.
-//!
-//! Nothing outside this module knows protobuf.
 //!
 //! # Semantics a caller can rely on
 //!
@@ -37,8 +36,7 @@ pub mod client;
 pub mod config;
 pub mod convert;
 pub mod load;
-pub mod pb;
-pub mod service;
+pub mod handlers;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -51,7 +49,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
-use crate::service::ScoringCore;
+use crate::proto as pb;
+use crate::scoring::ScoringCore;
 
 pub use config::{ApiConfig, ApiSettings, ConfigError, Tokens};
 
@@ -155,7 +154,7 @@ where
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let (stopping_tx, stopping) = watch::channel(false);
-    let api = service::ScoringApi::new(slot.clone(), &settings, stopping);
+    let api = handlers::ScoringApi::new(slot.clone(), &settings, stopping);
     let scoring = pb::scoring_server::ScoringServer::new(api)
         .max_decoding_message_size(settings.max_message_bytes)
         .max_encoding_message_size(settings.max_message_bytes);

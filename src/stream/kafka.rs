@@ -11,13 +11,13 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::Config;
+use super::config::StreamConfig;
 
 use super::StreamError;
 
 /// Consumer settings: vigil's, then the configured pass-through properties.
 /// `group` is `None` for the helper consumers that only `assign` (rebuild, labels).
-pub fn consumer_config(cfg: &Config, group: Option<&str>) -> ClientConfig {
+pub fn consumer_config(cfg: &StreamConfig, group: Option<&str>) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka.brokers)
         .set("enable.auto.commit", "false")
@@ -63,7 +63,7 @@ pub fn consumer_config(cfg: &Config, group: Option<&str>) -> ClientConfig {
 
 /// Producer settings: idempotent, murmur2 partitioning of card-id keys (as the Java client and
 /// `vigil replay`), a short linger; then the configured pass-through properties.
-pub fn producer_config(cfg: &Config, transactional_id: Option<&str>) -> ClientConfig {
+pub fn producer_config(cfg: &StreamConfig, transactional_id: Option<&str>) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.kafka.brokers)
         .set("enable.idempotence", "true")
@@ -155,7 +155,7 @@ pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
 }
 
 /// The partition count of `topic`, with a throwaway consumer.
-pub fn topic_partitions(cfg: &Config, topic: &str, timeout: Duration) -> Result<u32, StreamError> {
+pub fn topic_partitions(cfg: &StreamConfig, topic: &str, timeout: Duration) -> Result<u32, StreamError> {
     let consumer: BaseConsumer = create(&consumer_config(cfg, None), "metadata consumer")?;
     partition_count(&consumer, topic, timeout)
 }

@@ -12,8 +12,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::config::Config;
-use crate::service::ScoringCore;
+use super::config::StreamConfig;
+use crate::scoring::ScoringCore;
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 
@@ -23,7 +23,7 @@ use super::StreamError;
 
 /// Reads `topic` into `core` until `shutdown`. Malformed labels are counted and skipped.
 pub fn run(
-    cfg: &Config,
+    cfg: &StreamConfig,
     topic: &str,
     core: Arc<ScoringCore>,
     shutdown: Shutdown,

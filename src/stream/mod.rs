@@ -1,5 +1,5 @@
 //! The Kafka front end: transactions in, verdicts out. Everything that knows Kafka lives here;
-//! scoring itself is [`crate::service::ScoringCore`], which knows nothing of Kafka.
+//! scoring itself is [`crate::scoring::ScoringCore`], which knows nothing of Kafka.
 //!
 //! - [`pipeline`]: the consume -> score -> produce loop (at-least-once or exactly-once),
 //!   rebalances, backpressure, shutdown.
@@ -14,6 +14,7 @@
 //! committed; every channel is bounded; one partition's records are scored in offset order by
 //! one thread; nothing here panics on a record's content.
 
+pub mod config;
 pub mod kafka;
 pub mod labels;
 pub mod offsets;

@@ -52,11 +52,10 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::Config;
-use crate::decision::Decision;
-use crate::service::ScoringCore;
+use super::config::StreamConfig;
+use crate::scoring::ScoringCore;
 use crate::shutdown::Shutdown;
-use crate::telemetry::{self, StreamMetrics};
+use crate::telemetry::{self, ScoringPath, StreamMetrics};
 
 use super::kafka;
 use super::offsets::{OffsetTracker, Slot};
@@ -124,7 +123,7 @@ struct Txn {
 
 /// State shared by the reader thread and the consumer's rebalance callbacks.
 struct Shared {
-    cfg: Config,
+    cfg: StreamConfig,
     core: Arc<ScoringCore>,
     tracker: Arc<OffsetTracker>,
     producer: Arc<Producer_>,
@@ -521,11 +520,9 @@ impl Emitter {
         let slot = job.slot;
         match decode_transaction_as(self.format, batch.key(job), batch.payload(job)) {
             Ok(tx) => {
-                let started = Instant::now();
-                let scored = self.core.score_in(slot.partition as u32, &tx);
+                let scored = self.core.score_in(ScoringPath::Kafka, slot.partition as u32, &tx);
                 let v = &scored.verdict;
-                self.metrics.verdict(v.decision, v.score, started.elapsed());
-                let to_alerts = v.decision != Decision::Approve;
+                let to_alerts = scored.is_alert();
                 let to_verdicts = self.verdicts.is_some();
                 let card = append(bytes, tx.card_id.as_bytes());
                 let start = bytes.len();
@@ -540,7 +537,7 @@ impl Emitter {
                 (output, u32::from(to_alerts) + u32::from(to_verdicts))
             }
             Err(rejected) => {
-                self.metrics.dead_letter(rejected.reason);
+                self.metrics.dead_letter(rejected.reason.as_str());
                 tracing::debug!(
                     partition = slot.partition,
                     offset = slot.offset,
@@ -674,7 +671,7 @@ fn abort_after() -> Option<u64> {
 /// Runs the pipeline until `shutdown` is triggered (then drains, flushes and commits) or a
 /// fatal error. `core` must be sized with the partition count of the transactions topic.
 pub fn run(
-    cfg: &Config,
+    cfg: &StreamConfig,
     core: Arc<ScoringCore>,
     shutdown: Shutdown,
     status: Arc<Status>,
@@ -684,7 +681,7 @@ pub fn run(
 
 /// [`run`] in a given [`Mode`] (the benchmark runs both).
 pub fn run_mode(
-    cfg: &Config,
+    cfg: &StreamConfig,
     core: Arc<ScoringCore>,
     shutdown: Shutdown,
     status: Arc<Status>,

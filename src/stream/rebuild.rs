@@ -24,8 +24,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::config::Config;
-use crate::service::ScoringCore;
+use super::config::StreamConfig;
+use crate::scoring::ScoringCore;
 use crate::telemetry;
 
 use super::kafka;
@@ -38,7 +38,7 @@ const STALL: Duration = Duration::from_secs(60);
 /// Replays `partition` up to (not including) `committed` into `core` (whose state for the
 /// partition should be fresh). Returns the number of records replayed.
 pub fn rebuild_partition(
-    cfg: &Config,
+    cfg: &StreamConfig,
     core: &ScoringCore,
     partition: i32,
     committed: i64,

@@ -2,7 +2,7 @@
 //!
 //! Records are transactions (JSON, [`super::wire::encode_transaction`], or protobuf) keyed by card id and
 //! partitioned with librdkafka's `murmur2_random`, Kafka's Java default, so a card lands in the
-//! partition [`crate::service::ScoringCore::partition_of`] routes it to. Record timestamps are
+//! partition [`crate::scoring::ScoringCore::partition_of`] routes it to. Record timestamps are
 //! the time of sending (not the event time: brokers apply retention to record timestamps).
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,8 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decision::Decision;
 use crate::record::{parse_timestamp, RawLabel, RawTimestamp, RecordError, Transaction};
-use crate::scorer::{Reason, Verdict};
-use crate::telemetry::DeadLetterReason;
+use crate::scoring::{ReasonCode, Verdict};
 
 /// Dead-letter headers.
 pub const HDR_REASON: &str = "vigil.reason";
@@ -16,6 +15,28 @@ pub const HDR_PARTITION: &str = "vigil.source.partition";
 pub const HDR_OFFSET: &str = "vigil.source.offset";
 /// Verdict header: the input record's broker timestamp (epoch ms), for latency measurement.
 pub const HDR_SOURCE_TS: &str = "vigil.source.timestamp";
+
+/// Why a record went to the dead-letter topic: the `vigil.reason` header and the `reason` label
+/// of `vigil_dead_letters_total` (the `vigil.error` header has the details).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    /// Not a record of the transaction shape (JSON or protobuf).
+    Decode,
+    /// A field breaks a record rule.
+    Validation,
+    /// The record key is not the card id (state is kept per partition of the card).
+    KeyMismatch,
+}
+
+impl DeadLetterReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::Decode => "decode",
+            DeadLetterReason::Validation => "validation",
+            DeadLetterReason::KeyMismatch => "key_mismatch",
+        }
+    }
+}
 
 /// Why an input record is not a transaction to score.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,7 +71,7 @@ impl InputFormat {
     pub fn encode(self, tx: &Transaction) -> Vec<u8> {
         match self {
             InputFormat::Json => encode_transaction(tx),
-            InputFormat::Protobuf => crate::api::convert::transaction_to_bytes(tx),
+            InputFormat::Protobuf => crate::proto::codec::transaction_to_bytes(tx),
         }
     }
 }
@@ -89,7 +110,7 @@ pub fn decode_transaction_as(
             })?
         }
         InputFormat::Protobuf => {
-            use crate::api::convert::{transaction_from_bytes, BytesError};
+            use crate::proto::codec::{transaction_from_bytes, BytesError};
             transaction_from_bytes(payload).map_err(|e| match e {
                 BytesError::Decode(message) => Rejected {
                     reason: DeadLetterReason::Decode,
@@ -211,7 +232,7 @@ pub struct VerdictRecord {
     pub merchant_id: String,
     pub score: f32,
     pub decision: Decision,
-    pub reasons: Vec<Reason>,
+    pub reasons: Vec<ReasonCode>,
     pub model_id: String,
     pub model_version: String,
     /// Event time of the transaction, epoch ms.
@@ -373,7 +394,7 @@ mod tests {
             event_time_ms: 5,
             score: 0.75,
             decision: Decision::Review,
-            reasons: vec![Reason {
+            reasons: vec![ReasonCode {
                 feature: "amount".into(),
                 value: 12.5,
                 contribution: 0.25,
@@ -399,7 +420,7 @@ mod tests {
             merchant_id: &'a str,
             score: f32,
             decision: Decision,
-            reasons: &'a [Reason],
+            reasons: &'a [ReasonCode],
             model_id: &'a str,
             model_version: &'a str,
             event_time_ms: i64,
@@ -407,7 +428,7 @@ mod tests {
             partition: i32,
             offset: i64,
         }
-        let reason = |f: &str, value: f32, contribution: f32| Reason {
+        let reason = |f: &str, value: f32, contribution: f32| ReasonCode {
             feature: f.into(),
             value,
             contribution,

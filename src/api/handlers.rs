@@ -10,11 +10,13 @@ use tokio::sync::{broadcast, mpsc, watch, Semaphore, SemaphorePermit};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::service::ScoringCore;
+use crate::scoring::{ScoringCore, ScoringPath};
 
 use super::auth::Arrival;
 use super::config::ApiSettings;
-use super::{convert, pb, AlertFilter, CoreSlot};
+use crate::proto as pb;
+
+use super::{convert, AlertFilter, CoreSlot};
 
 /// Alerts buffered between the broadcast and one subscriber's connection. When the connection
 /// does not keep up, this fills, the forwarding task waits, and the broadcast receiver falls
@@ -105,7 +107,7 @@ impl ScoringApi {
 }
 
 /// Which alerts a subscriber wants.
-pub(super) fn filter_matches(f: &AlertFilter, v: &crate::scorer::Verdict) -> bool {
+pub(super) fn filter_matches(f: &AlertFilter, v: &crate::scoring::Verdict) -> bool {
     use crate::decision::Decision;
     let wanted = match v.decision {
         Decision::Approve => false,
@@ -126,7 +128,7 @@ impl pb::scoring_server::Scoring for ScoringApi {
         let (tx, opts) = convert::score_request(req.into_inner())?;
         let _permit = self.permit(deadline).await?;
         deadline.check()?;
-        let scored = core.score_with(&tx, opts);
+        let scored = core.score_with(ScoringPath::Grpc, &tx, opts);
         let model = core.model();
         Ok(Response::new(convert::score_response(
             scored,
@@ -166,7 +168,7 @@ impl pb::scoring_server::Scoring for ScoringApi {
                 }
             }
             results.push(convert::batch_item(item.map(|tx| {
-                let scored = core.score_with(&tx, opts);
+                let scored = core.score_with(ScoringPath::Grpc, &tx, opts);
                 convert::score_response(
                     scored,
                     &model.header.feature_names,
@@ -237,8 +239,8 @@ impl pb::scoring_server::Scoring for ScoringApi {
 mod tests {
     use super::*;
     use crate::api::config::ApiConfig;
-    use crate::api::pb::scoring_server::Scoring;
-    use crate::service::DEFAULT_ALERT_BUFFER;
+    use crate::proto::scoring_server::Scoring;
+    use crate::scoring::DEFAULT_ALERT_BUFFER;
 
     fn api(queue_timeout_ms: u64) -> ScoringApi {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.vgm");

@@ -1,17 +1,16 @@
-//! Subcommands. Each `cmd_*` function reads its inputs, calls the library and prints; errors are
-//! `anyhow` with context naming the file or flag at fault.
+//! The offline commands: `generate`, `train`, `evaluate`, `features`. Each reads its inputs,
+//! calls `vigil::offline` (or the generator) and prints; errors are `anyhow` with context naming
+//! the file or flag at fault.
 
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::Args;
 
-use crate::cli_stream;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use super::progress::Bars;
 
 use vigil::decision::Thresholds;
 use vigil::features::FeatureSpec;
@@ -21,68 +20,12 @@ use vigil::model;
 use vigil::offline::{self, parse_instant, Period, Reporter, SplitSpec};
 use vigil::record::{self, format_timestamp, History, ReadOptions, Transaction};
 
-const DEFAULT_SPEC: &str = "training/features.toml";
-pub(crate) const DEFAULT_MODEL: &str = "models/default.vgm";
+pub(crate) const DEFAULT_SPEC: &str = "training/features.toml";
+pub(crate) const DEFAULT_MODEL: &str = vigil::serve::config::DEFAULT_MODEL;
 pub(crate) const DEFAULT_DATA: &str = "data/sample.csv";
 
-/// vigil: real-time fraud scoring with sliding-window features and random forests.
-#[derive(Parser, Debug)]
-#[command(name = "vigil", version, about, propagate_version = true)]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Write a seeded synthetic transaction history (CSV, labelled).
-    Generate(GenerateArgs),
-    /// Train a random-forest model from a history file with a time-based split.
-    Train(Box<TrainArgs>),
-    /// Score a period of a history file with a model and report AUC, AP, card precision@k.
-    Evaluate(EvaluateArgs),
-    /// Write the feature matrix of a history file (for debugging and other tools).
-    Features(FeaturesArgs),
-    /// Model file tools.
-    Model {
-        #[command(subcommand)]
-        command: ModelCommand,
-    },
-    /// The whole streaming pipeline on an in-process Kafka mock cluster: the sample history is
-    /// replayed to `transactions`, scored, and alerts are shown with reasons as they arrive.
-    Demo(cli_stream::DemoArgs),
-    /// Score the transactions topic of a Kafka cluster: verdicts to `alerts` (and `verdicts`),
-    /// dead letters to `transactions.dlq`; /metrics, /healthz, /readyz over HTTP; with
-    /// `--grpc-addr`, the gRPC API on the same state; with `--no-kafka`, the gRPC API alone.
-    Serve(Box<cli_stream::ServeArgs>),
-    /// Configuration of `vigil serve`.
-    Config {
-        #[command(subcommand)]
-        command: Box<cli_stream::ConfigCommand>,
-    },
-    /// Produce a history file to a Kafka topic in event-time order, optionally at a fixed rate
-    /// (also the load generator).
-    Replay(cli_stream::ReplayArgs),
-    /// Score a transaction (JSON) with a running server and print the verdict.
-    Score(crate::api_cli::ScoreArgs),
-    /// Load-test a server's Score call: throughput, or latency at a fixed rate.
-    LoadGrpc(crate::api_cli::LoadArgs),
-}
-
-#[derive(Subcommand, Debug)]
-enum ModelCommand {
-    /// Print a model's metadata (after checking the whole file).
-    Inspect {
-        /// The model file.
-        model: PathBuf,
-        /// Print the header as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
 #[derive(Args, Debug)]
-struct GenerateArgs {
+pub struct GenerateArgs {
     /// Output CSV file.
     #[arg(long)]
     out: PathBuf,
@@ -117,7 +60,7 @@ pub(crate) struct HistoryArgs {
 }
 
 #[derive(Args, Debug)]
-struct TrainArgs {
+pub struct TrainArgs {
     #[command(flatten)]
     history: HistoryArgs,
     /// Feature spec (TOML).
@@ -195,7 +138,7 @@ struct TrainArgs {
 }
 
 #[derive(Args, Debug)]
-struct EvaluateArgs {
+pub struct EvaluateArgs {
     /// Model file.
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: PathBuf,
@@ -222,7 +165,7 @@ struct EvaluateArgs {
 }
 
 #[derive(Args, Debug)]
-struct FeaturesArgs {
+pub struct FeaturesArgs {
     #[command(flatten)]
     history: HistoryArgs,
     /// Feature spec (TOML).
@@ -235,90 +178,6 @@ struct FeaturesArgs {
     /// topic with that many (see `vigil train --partitions`).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=4096))]
     partitions: u32,
-}
-
-impl Cli {
-    /// Log filter without `RUST_LOG`: a service logs what it does; the other commands only
-    /// warnings (they print their own results).
-    pub fn default_log_filter(&self) -> &'static str {
-        match self.command {
-            Command::Serve(_) => "info,rdkafka=warn",
-            _ => "warn",
-        }
-    }
-}
-
-pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
-        Command::Generate(a) => cmd_generate(a),
-        Command::Train(a) => cmd_train(*a),
-        Command::Evaluate(a) => cmd_evaluate(a),
-        Command::Features(a) => cmd_features(a),
-        Command::Model {
-            command: ModelCommand::Inspect { model, json },
-        } => cmd_inspect(&model, json),
-        Command::Demo(a) => cli_stream::cmd_demo(a),
-        Command::Serve(a) => cli_stream::cmd_serve(*a),
-        Command::Config { command } => cli_stream::cmd_config(*command),
-        Command::Replay(a) => cli_stream::cmd_replay(a),
-        Command::Score(a) => crate::api_cli::cmd_score(a),
-        Command::LoadGrpc(a) => crate::api_cli::cmd_load(a),
-    }
-}
-
-/// Progress bars on stderr (hidden when stderr is not a terminal, e.g. in CI logs, where a line
-/// per stage is printed instead).
-pub(crate) struct Bars {
-    bar: std::sync::Mutex<Option<(ProgressBar, Instant, String)>>,
-}
-
-impl Bars {
-    pub(crate) fn new() -> Bars {
-        Bars {
-            bar: std::sync::Mutex::new(None),
-        }
-    }
-}
-
-impl Reporter for Bars {
-    fn stage(&self, name: &str, total: u64) {
-        let bar = if total > 0 {
-            ProgressBar::new(total)
-        } else {
-            ProgressBar::new_spinner()
-        };
-        bar.set_draw_target(ProgressDrawTarget::stderr_with_hz(8));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix:>9} [{bar:40}] {human_pos}/{human_len} ({per_sec}, eta {eta})",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(name.to_string());
-        if let Ok(mut g) = self.bar.lock() {
-            *g = Some((bar, Instant::now(), name.to_string()));
-        }
-    }
-    fn progress(&self, done: u64) {
-        if let Ok(g) = self.bar.lock() {
-            if let Some((b, _, _)) = g.as_ref() {
-                b.set_position(done);
-            }
-        }
-    }
-    fn finish(&self) {
-        if let Ok(mut g) = self.bar.lock() {
-            if let Some((b, started, name)) = g.take() {
-                b.finish_and_clear();
-                eprintln!(
-                    "{name:>9}: {} in {:.1}s",
-                    b.position(),
-                    started.elapsed().as_secs_f64()
-                );
-            }
-        }
-    }
 }
 
 /// Parses `30m`, `12h`, `7d`, `90s`, `1w` into milliseconds.
@@ -353,13 +212,13 @@ pub(crate) fn read_history(h: &HistoryArgs, bars: &Bars) -> Result<History> {
     bars.progress(size);
     bars.finish();
     if !history.skipped.is_empty() {
-        eprintln!(
+        errln!(
             "skipped {} invalid rows in {}; the first ones:",
             history.skipped.len(),
             h.data.display()
         );
         for e in history.skipped.iter().take(5) {
-            eprintln!("  {e}");
+            errln!("  {e}");
         }
     }
     if history.transactions.is_empty() {
@@ -378,7 +237,7 @@ fn load_spec(path: &Path) -> Result<Arc<FeatureSpec>> {
     }
 }
 
-fn cmd_generate(a: GenerateArgs) -> Result<()> {
+pub fn cmd_generate(a: GenerateArgs) -> Result<()> {
     let mut cfg = GeneratorConfig {
         rows: a.rows,
         seed: a.seed,
@@ -405,7 +264,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
     })
     .with_context(|| format!("generating {}", a.out.display()))?;
     bars.finish();
-    println!(
+    outln!(
         "wrote {} rows ({} fraud, {:.2}%) for {} cards and {} merchants, {} to {}, to {}",
         summary.rows,
         summary.frauds,
@@ -417,7 +276,7 @@ fn cmd_generate(a: GenerateArgs) -> Result<()> {
         a.out.display()
     );
     for (pattern, n) in &summary.by_pattern {
-        println!("  {pattern:<22} {n}");
+        outln!("  {pattern:<22} {n}");
     }
     Ok(())
 }
@@ -451,7 +310,7 @@ fn forest_params(a: &TrainArgs) -> Result<RandomForestParams> {
         .seed(a.seed))
 }
 
-fn cmd_train(a: TrainArgs) -> Result<()> {
+pub fn cmd_train(a: TrainArgs) -> Result<()> {
     let bars = Bars::new();
     let spec = load_spec(&a.features)?;
     let params = linfa::ParamGuard::check(forest_params(&a)?)
@@ -502,7 +361,7 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     };
     let trained = offline::train(spec, &history.transactions, &opts, &bars)?;
     let h = &trained.header;
-    println!(
+    outln!(
         "trained {} trees (max depth {}, {} nodes) on {} rows ({} fraud) from {} to {} in {:.1}s",
         h.n_trees,
         h.max_depth,
@@ -518,8 +377,8 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     // Read back what was written: the file on disk is what gets served.
     let loaded = model::load(&a.out, None)
         .with_context(|| format!("re-reading model {}", a.out.display()))?;
-    println!("model {} written to {}", loaded.name(), a.out.display());
-    println!(
+    outln!("model {} written to {}", loaded.name(), a.out.display());
+    outln!(
         "thresholds: review >= {:.4}, decline >= {:.4}{}",
         h.thresholds.review,
         h.thresholds.decline,
@@ -531,11 +390,11 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
     );
     match &h.evaluation {
         Some(ev) => {
-            println!(
+            outln!(
                 "\ntest period {} to {}: {} rows, {} fraud",
                 h.training.test_from, h.training.test_to, ev.rows, ev.frauds
             );
-            println!("{ev}");
+            outln!("{ev}");
             let dir = a
                 .report
                 .clone()
@@ -546,9 +405,9 @@ fn cmd_train(a: TrainArgs) -> Result<()> {
                 ev,
             )
             .with_context(|| format!("writing report to {}", dir.display()))?;
-            println!("report: {}", report_index(&dir, &files));
+            outln!("report: {}", report_index(&dir, &files));
         }
-        None => println!("no test period (--train-frac 1.0): nothing evaluated"),
+        None => outln!("no test period (--train-frac 1.0): nothing evaluated"),
     }
     Ok(())
 }
@@ -562,10 +421,9 @@ fn report_index(dir: &Path, files: &[PathBuf]) -> String {
         .to_string()
 }
 
-fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
+pub fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let bars = Bars::new();
-    let model = model::load(&a.model, None)
-        .with_context(|| format!("cannot use model {}", a.model.display()))?;
+    let model = vigil::serve::load_model(&a.model)?;
     let history = read_history(&a.history, &bars)?;
     let txs = &history.transactions;
     let instant = |flag: &str, s: &Option<String>, default: i64| -> Result<i64> {
@@ -593,17 +451,17 @@ fn cmd_evaluate(a: EvaluateArgs) -> Result<()> {
     let files = vigil::offline::report::write_report(&dir, &model.name(), &ev)
         .with_context(|| format!("writing report to {}", dir.display()))?;
     if a.json {
-        println!("{}", serde_json::to_string(&ev)?);
+        outln!("{}", serde_json::to_string(&ev)?);
     } else {
-        println!(
+        outln!(
             "model {}: {} scored rows ({} labelled, {} fraud)",
             model.name(),
             scored.rows.len(),
             ev.rows,
             ev.frauds
         );
-        println!("{ev}");
-        println!("report: {}", report_index(&dir, &files));
+        outln!("{ev}");
+        outln!("report: {}", report_index(&dir, &files));
     }
     Ok(())
 }
@@ -634,7 +492,7 @@ fn write_predictions(
     Ok(())
 }
 
-fn cmd_features(a: FeaturesArgs) -> Result<()> {
+pub fn cmd_features(a: FeaturesArgs) -> Result<()> {
     let bars = Bars::new();
     let spec = load_spec(&a.features)?;
     let history = read_history(&a.history, &bars)?;
@@ -668,7 +526,7 @@ fn cmd_features(a: FeaturesArgs) -> Result<()> {
     }
     w.flush()
         .with_context(|| format!("writing {}", a.out.display()))?;
-    println!(
+    outln!(
         "wrote {} rows x {} features to {}",
         txs.len(),
         spec.n_features(),
@@ -677,54 +535,3 @@ fn cmd_features(a: FeaturesArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_inspect(path: &Path, json: bool) -> Result<()> {
-    let m =
-        model::load(path, None).with_context(|| format!("cannot use model {}", path.display()))?;
-    let h = &m.header;
-    if json {
-        let mut v = serde_json::to_value(h)?;
-        if let Some(o) = v.as_object_mut() {
-            o.remove("feature_spec");
-        }
-        println!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
-    }
-    println!("model        {}", m.name());
-    println!("file         {}", path.display());
-    println!("created      {} by {}", h.created_at, h.created_by);
-    println!(
-        "forest       {} trees, max depth {}, {} nodes, {} features",
-        h.n_trees,
-        h.max_depth,
-        h.n_nodes,
-        h.feature_names.len()
-    );
-    println!("spec         fingerprint {}", h.feature_fingerprint);
-    println!(
-        "state        {} partition{} (serve it from a transactions topic with as many)",
-        h.state_partitions,
-        if h.state_partitions == 1 { "" } else { "s" }
-    );
-    println!(
-        "thresholds   review >= {:.4}, decline >= {:.4}",
-        h.thresholds.review, h.thresholds.decline
-    );
-    let t = &h.training;
-    println!("data         {} ({} rows)", t.data, t.history_rows);
-    println!(
-        "train        {} to {}: {} rows, {} fraud, fit in {:.1}s",
-        t.train_from, t.train_to, t.train_rows, t.train_frauds, t.fit_seconds
-    );
-    if !t.test_from.is_empty() {
-        println!(
-            "test         {} to {}: {} rows, {} fraud",
-            t.test_from, t.test_to, t.test_rows, t.test_frauds
-        );
-    }
-    println!("params       {}", t.params);
-    if let Some(ev) = &h.evaluation {
-        println!("\nevaluation on the test period:\n{ev}");
-    }
-    println!("\nfeatures: {}", h.feature_names.join(", "));
-    Ok(())
-}

@@ -25,7 +25,17 @@
 //! up by each partition before its next transaction: a transaction is scored entirely by one
 //! model, and the verdict names it.
 //!
-//! Alerts (every non-approve verdict, from either path) go to a bounded
+//! # Metrics
+//!
+//! Every verdict the core makes is counted and timed here, with the path that asked for it
+//! (`vigil_verdicts_total{decision,path}`, `vigil_scoring_latency_seconds{path}`,
+//! `vigil_score{path}`), so no front end can forget to. Dry runs decide nothing and are not
+//! counted.
+//!
+//! # Alerts
+//!
+//! Alerts ([`Scored::is_alert`]: a non-approve verdict on a transaction that joined the state,
+//! from either path) go to a bounded
 //! `tokio::sync::broadcast` channel: a subscriber that falls behind loses the oldest alerts and
 //! is told how many (`RecvError::Lagged(n)`); publishing never waits, so no subscriber can slow
 //! scoring down.
@@ -34,15 +44,18 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
 
 use tokio::sync::broadcast;
 
-use crate::decision::Decision;
 use crate::features::{EngineStats, EventOutcome, LabelSchedule};
 use crate::model::Model;
 use crate::partition::partition_for;
 use crate::record::{LabelEvent, Transaction};
-use crate::scorer::{Scorer, SpecMismatch, Verdict};
+use crate::telemetry::{ScoringMetrics, ScoringPath};
+
+use super::scorer::{Scorer, SpecMismatch};
+use super::verdict::{Scored, Verdict};
 
 /// Default capacity of the alert fan-out, in alerts per subscriber.
 pub const DEFAULT_ALERT_BUFFER: usize = 4096;
@@ -50,16 +63,6 @@ pub const DEFAULT_ALERT_BUFFER: usize = 4096;
 /// How many of the latest labels the core remembers to give a partition whose state is reset
 /// and rebuilt (see [`ScoringCore::reset_partition`]).
 pub const LABEL_MEMORY: usize = 1 << 20;
-
-/// A verdict and how the feature engine placed its transaction.
-#[derive(Debug, Clone)]
-pub struct Scored {
-    pub verdict: Verdict,
-    /// How the engine placed the transaction; `None` for a dry run (state untouched).
-    pub outcome: Option<EventOutcome>,
-    /// The feature row the model scored, in `model.spec.feature_names()` order, when asked for.
-    pub features: Option<Vec<f32>>,
-}
 
 /// How [`ScoringCore::score_with`] treats one transaction.
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,6 +94,8 @@ pub struct ScoringCore {
     /// The latest labels (at most [`LABEL_MEMORY`]), queued again for a partition that is reset,
     /// so a rebuild replays its transactions with the labels it had.
     labels: Mutex<std::collections::VecDeque<LabelEvent>>,
+    /// Verdict metrics per [`ScoringPath`], indexed by `path as usize`.
+    metrics: [ScoringMetrics; 2],
 }
 
 impl ScoringCore {
@@ -108,6 +113,17 @@ impl ScoringCore {
             shards,
             alerts,
             labels: Mutex::new(std::collections::VecDeque::new()),
+            metrics: ScoringPath::ALL.map(ScoringMetrics::new),
+        }
+    }
+
+    fn record(&self, path: ScoringPath, scored: &Scored, started: Instant) {
+        if scored.outcome.is_some() {
+            let v = &scored.verdict;
+            self.metrics[path as usize].verdict(v.decision, v.score, started.elapsed());
+        }
+        if scored.is_alert() {
+            self.publish_alert(Arc::new(scored.verdict.clone()));
         }
     }
 
@@ -169,14 +185,16 @@ impl ScoringCore {
     }
 
     /// Scores `tx` in its card's partition and adds it to that state (authorization-time
-    /// scoring, the gRPC path). Non-approve verdicts are published to the alert stream.
-    pub fn score(&self, tx: &Transaction) -> Scored {
-        self.score_in(self.partition_of(&tx.card_id), tx)
+    /// scoring, as the gRPC path does). Alerts go to the alert stream.
+    pub fn score(&self, path: ScoringPath, tx: &Transaction) -> Scored {
+        self.score_in(path, self.partition_of(&tx.card_id), tx)
     }
 
-    /// [`score`](Self::score) or [`peek`](Self::peek) in the card's partition, optionally
-    /// returning the feature row (the gRPC `Score` call).
-    pub fn score_with(&self, tx: &Transaction, opts: ScoreOptions) -> Scored {
+    /// [`score`](Self::score), or with `dry_run` a score from the current state that changes
+    /// nothing, in the card's partition; optionally returning the feature row (the gRPC `Score`
+    /// call).
+    pub fn score_with(&self, path: ScoringPath, tx: &Transaction, opts: ScoreOptions) -> Scored {
+        let started = Instant::now();
         let partition = self.partition_of(&tx.card_id);
         let scored = {
             let mut shard = self.shard(partition);
@@ -197,20 +215,14 @@ impl ScoringCore {
                 features,
             }
         };
-        // A retry's alert went out with the original.
-        if !opts.dry_run
-            && scored.outcome != Some(EventOutcome::Duplicate)
-            && scored.verdict.decision != Decision::Approve
-        {
-            self.publish_alert(Arc::new(scored.verdict.clone()));
-        }
+        self.record(path, &scored, started);
         scored
     }
 
-    /// Scores `tx` in `partition` (the Kafka path: the partition the record was read from) and
-    /// adds it to that state. Non-approve verdicts are published to the alert stream, except for
-    /// a duplicate (its alert went out with the original).
-    pub fn score_in(&self, partition: u32, tx: &Transaction) -> Scored {
+    /// Scores `tx` in `partition` (on the Kafka path, the partition the record was read from)
+    /// and adds it to that state. Alerts go to the alert stream.
+    pub fn score_in(&self, path: ScoringPath, partition: u32, tx: &Transaction) -> Scored {
+        let started = Instant::now();
         let scored = {
             let mut shard = self.shard(partition);
             let Shard { scorer, labels, .. } = &mut *shard;
@@ -224,11 +236,7 @@ impl ScoringCore {
                 features: None,
             }
         };
-        if scored.outcome != Some(EventOutcome::Duplicate)
-            && scored.verdict.decision != Decision::Approve
-        {
-            self.publish_alert(Arc::new(scored.verdict.clone()));
-        }
+        self.record(path, &scored, started);
         scored
     }
 
@@ -308,6 +316,8 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    const GRPC: ScoringPath = ScoringPath::Grpc;
+
     fn model() -> Arc<Model> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.vgm");
         Arc::new(crate::model::load(&path, None).expect("shipped model loads"))
@@ -336,7 +346,7 @@ mod tests {
         let core = ScoringCore::new(model(), 4, 16);
         let t0 = 1_600_000_000_000;
         let p = core.partition_of("card-a");
-        core.score(&tx("t1", "card-a", t0, 10.0));
+        core.score(GRPC, &tx("t1", "card-a", t0, 10.0));
         assert_eq!(core.stats(p).events_in_order, 1);
         for other in (0..4).filter(|&q| q != p) {
             assert_eq!(core.stats(other).events_in_order, 0);
@@ -347,7 +357,7 @@ mod tests {
             dry_run: true,
             with_features: true,
         };
-        let s = core.score_with(&tx("t3", "card-a", t0 + 2000, 10.0), dry);
+        let s = core.score_with(GRPC, &tx("t3", "card-a", t0 + 2000, 10.0), dry);
         assert!(s.outcome.is_none());
         assert_eq!(
             s.features.map(|f| f.len()),
@@ -368,7 +378,7 @@ mod tests {
             .replace_model(Arc::new(renamed))
             .expect("same spec is accepted");
         assert_eq!(old.header.version, m.header.version);
-        let v = core.score(&tx("t1", "c", 1_600_000_000_000, 5.0)).verdict;
+        let v = core.score(GRPC, &tx("t1", "c", 1_600_000_000_000, 5.0)).verdict;
         assert_eq!(&*v.model_version, "v2");
 
         let mut other_spec = (*m).clone();
@@ -400,7 +410,7 @@ mod tests {
     fn alerts_reach_subscribers_and_lagging_ones_are_told() {
         let core = ScoringCore::new(model(), 1, 2);
         let mut rx = core.subscribe_alerts();
-        let v = core.score(&tx("t1", "c", 1_600_000_000_000, 5.0)).verdict;
+        let v = core.score(GRPC, &tx("t1", "c", 1_600_000_000_000, 5.0)).verdict;
         for i in 0..3 {
             let mut alert = v.clone();
             alert.transaction_id = format!("a{i}");

@@ -1,42 +1,13 @@
-//! In-process scoring: one transaction in, one verdict with reasons out. This is the core that the
-//! Kafka path and the gRPC API share: window state ([`FeatureEngine`]), the compiled forest and
-//! the model's thresholds. It does no I/O.
+//! [`Scorer`]: one partition's window state, the compiled forest and the model's thresholds; one
+//! transaction in, one [`Verdict`] with reason codes out. It does no I/O.
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
-use crate::decision::Decision;
 use crate::features::{EventOutcome, FeatureEngine};
 use crate::model::Model;
 use crate::record::{LabelEvent, Transaction};
 
-/// One reason code: a feature that pushed the score up, with its value for this transaction and
-/// its contribution to the score (in probability points).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reason {
-    /// Shared with the model's feature list (a verdict per transaction copies no names).
-    pub feature: Arc<str>,
-    pub value: f32,
-    pub contribution: f32,
-}
-
-/// The outcome of scoring one transaction.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Verdict {
-    pub transaction_id: String,
-    pub card_id: String,
-    pub merchant_id: String,
-    /// Event time of the transaction, epoch ms.
-    pub event_time_ms: i64,
-    /// Fraud probability in [0, 1].
-    pub score: f32,
-    pub decision: Decision,
-    /// Features that pushed the score up most, largest first.
-    pub reasons: Vec<Reason>,
-    pub model_id: Arc<str>,
-    pub model_version: Arc<str>,
-}
+use super::verdict::{ReasonCode, Verdict};
 
 /// A model that cannot replace the serving one without rebuilding window state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -163,7 +134,7 @@ impl Scorer {
         let reasons = explanation
             .reasons
             .iter()
-            .map(|r| Reason {
+            .map(|r| ReasonCode {
                 feature: Arc::clone(&names[r.feature]),
                 value: self.row[r.feature],
                 contribution: r.contribution,
