@@ -21,7 +21,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use vigil::features::FeatureEngine;
 use vigil::model;
 use vigil::record::{read_history, ReadOptions, Transaction};
-use vigil::scorer::Scorer;
+use vigil::scoring::Scorer;
 
 /// The allocator the `vigil` binary runs with, so allocation costs are the product's.
 #[global_allocator]

@@ -34,8 +34,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use vigil::config::Config;
-use vigil::service::ScoringCore;
+use vigil::scoring::ScoringCore;
+use vigil::serve::Config;
 use vigil::shutdown::Shutdown;
 use vigil::stream::pipeline::{run_mode, Mode};
 use vigil::stream::replay::{replay, ReplayOptions};
@@ -167,7 +167,7 @@ fn drain(
     let (shutdown, status) = (Shutdown::new(), Arc::new(Status::default()));
     let runner = {
         let (cfg, shutdown, status) = (cfg.clone(), shutdown.clone(), Arc::clone(&status));
-        std::thread::spawn(move || run_mode(&cfg, core, shutdown, status, mode))
+        std::thread::spawn(move || run_mode(&cfg.stream(), core, shutdown, status, mode))
     };
     let probe: BaseConsumer = rdkafka::config::ClientConfig::new()
         .set("bootstrap.servers", &a.brokers)
@@ -235,7 +235,7 @@ fn latency(
     let (shutdown, status) = (Shutdown::new(), Arc::new(Status::default()));
     let runner = {
         let (cfg, shutdown, status) = (cfg.clone(), shutdown.clone(), Arc::clone(&status));
-        std::thread::spawn(move || run_mode(&cfg, core, shutdown, status, mode))
+        std::thread::spawn(move || run_mode(&cfg.stream(), core, shutdown, status, mode))
     };
     while !status.assigned.load(Ordering::Acquire) {
         if runner.is_finished() {

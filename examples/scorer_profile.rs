@@ -26,8 +26,8 @@ use std::time::Instant;
 use vigil::features::FeatureEngine;
 use vigil::model::{self, Model};
 use vigil::record::{read_history, ReadOptions, Transaction};
-use vigil::scorer::Scorer;
-use vigil::service::ScoringCore;
+use vigil::scoring::Scorer;
+use vigil::scoring::ScoringCore;
 use vigil::stream::wire;
 
 const N: usize = 50_000;
@@ -98,7 +98,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A Kafka scoring thread's work per record: JSON in, ScoringCore, JSON verdict out.
     let core = ScoringCore::new(Arc::clone(&model), 1, 1024);
     for t in &txs[..cut] {
-        core.score_in(0, t);
+        core.score_in(vigil::scoring::ScoringPath::Kafka, 0, t);
     }
     let payloads: Vec<(Vec<u8>, Vec<u8>)> = stream
         .iter()
@@ -180,7 +180,7 @@ fn part_wire(core: &ScoringCore, payloads: &[(Vec<u8>, Vec<u8>)]) -> usize {
     for (i, (key, payload)) in payloads.iter().enumerate() {
         out.clear();
         if let Ok(tx) = wire::decode_transaction(Some(key), Some(payload)) {
-            let scored = core.score_in(0, &tx);
+            let scored = core.score_in(vigil::scoring::ScoringPath::Kafka, 0, &tx);
             out.extend_from_slice(tx.card_id.as_bytes());
             wire::encode_verdict_into(&mut out, &scored.verdict, 0, 0, i as i64);
         }
@@ -199,7 +199,7 @@ fn part_decode(payloads: &[(Vec<u8>, Vec<u8>)]) -> usize {
 }
 
 #[inline(never)]
-fn part_encode(verdicts: &[vigil::scorer::Verdict]) -> usize {
+fn part_encode(verdicts: &[vigil::scoring::Verdict]) -> usize {
     let mut out = Vec::with_capacity(1 << 16);
     let mut total = 0;
     for (i, v) in verdicts.iter().enumerate() {

@@ -446,11 +446,13 @@ impl<T: Layered> Loader<T> {
                 message: e.inner().to_string(),
             }
         })?;
-        config.validate().map_err(|KeyError { key, message }| ConfigError::BadValue {
-            origin: self.origins.of(&key),
-            key,
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|KeyError { key, message }| ConfigError::BadValue {
+                origin: self.origins.of(&key),
+                key,
+                message,
+            })?;
         Ok(config)
     }
 }
@@ -485,7 +487,6 @@ pub fn check_duration(key: &str, value: &str, zero_ok: bool) -> Result<Duration,
 pub fn duration(value: &str) -> Duration {
     parse_duration(value).unwrap_or(Duration::from_secs(1))
 }
-
 
 /// The value `config show` prints instead of a secret.
 pub const REDACTED: &str = "<redacted>";

@@ -14,13 +14,14 @@ use tonic::transport::Endpoint;
 use tonic::Code;
 
 use vigil::api::client::{Client, ClientOptions};
-use vigil::api::{self, convert, pb, ApiConfig, ApiSettings, CoreSlot, Tokens};
+use vigil::api::{self, convert, ApiConfig, ApiSettings, CoreSlot, Tokens};
 use vigil::decision::Decision;
 use vigil::model::Model;
 use vigil::partition::partition_for;
+use vigil::proto::{self as pb, codec};
 use vigil::record::{self, ReadOptions, Transaction};
-use vigil::scorer::Scorer;
-use vigil::service::{ScoringCore, DEFAULT_ALERT_BUFFER};
+use vigil::scoring::Scorer;
+use vigil::scoring::{ScoringCore, DEFAULT_ALERT_BUFFER};
 
 fn model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
@@ -102,7 +103,7 @@ impl TestServer {
 
 fn score_req(tx: &Transaction) -> pb::ScoreRequest {
     pb::ScoreRequest {
-        transaction: Some(convert::transaction_to_pb(tx)),
+        transaction: Some(codec::transaction_to_pb(tx)),
         dry_run: false,
         include_features: true,
     }
@@ -155,7 +156,7 @@ async fn score_equals_the_in_process_scorer_row_for_row() {
             .into_inner();
         let p = partition_for(t.card_id.as_bytes(), partitions);
         let (want, _) = reference[p as usize].score(t);
-        let got = convert::verdict_from_pb(resp.verdict.expect("a verdict")).expect("decodes");
+        let got = codec::verdict_from_pb(resp.verdict.expect("a verdict")).expect("decodes");
         assert_eq!(got, want, "transaction {}", t.transaction_id);
         assert_eq!(resp.partition, p);
         let features: Vec<f32> = resp.features.iter().map(|f| f.value).collect();
@@ -178,7 +179,7 @@ async fn score_batch_returns_results_in_order_with_per_item_errors() {
     let server = TestServer::start(CoreSlot::with(Arc::clone(&core)), ApiSettings::default()).await;
     let mut client = server.client().await;
     let rows = sample(30);
-    let mut items: Vec<pb::Transaction> = rows.iter().map(convert::transaction_to_pb).collect();
+    let mut items: Vec<pb::Transaction> = rows.iter().map(codec::transaction_to_pb).collect();
     items[7].amount = Some(-1.0);
     items[20].card_id.clear();
     let resp = client
@@ -203,7 +204,7 @@ async fn score_batch_returns_results_in_order_with_per_item_errors() {
             (_, R::Scored(s)) => {
                 let p = partition_for(t.card_id.as_bytes(), 2);
                 let (want, _) = reference[p as usize].score(t);
-                let got = convert::verdict_from_pb(s.verdict.clone().expect("verdict")).unwrap();
+                let got = codec::verdict_from_pb(s.verdict.clone().expect("verdict")).unwrap();
                 assert_eq!(got, want, "item {i}");
             }
             (i, other) => panic!("item {i}: unexpected {other:?}"),
@@ -231,7 +232,7 @@ async fn invalid_requests_name_the_field_and_change_nothing() {
         .expect("subscribes")
         .into_inner();
 
-    let good = convert::transaction_to_pb(&tx("t1", "c1", T0, 10.0));
+    let good = codec::transaction_to_pb(&tx("t1", "c1", T0, 10.0));
     type Edit = Box<dyn Fn(&mut pb::Transaction)>;
     let cases: Vec<(&str, Edit)> = vec![
         ("transaction_id", Box::new(|t| t.transaction_id.clear())),
@@ -305,7 +306,7 @@ async fn invalid_requests_name_the_field_and_change_nothing() {
 
     // An oversized batch is refused whole, even though every item is valid.
     let six: Vec<pb::Transaction> = (0..6)
-        .map(|i| convert::transaction_to_pb(&tx(&format!("b{i}"), "c1", T0 + i, 1.0)))
+        .map(|i| codec::transaction_to_pb(&tx(&format!("b{i}"), "c1", T0 + i, 1.0)))
         .collect();
     let err = client
         .score_batch(pb::ScoreBatchRequest {
@@ -346,7 +347,12 @@ async fn invalid_requests_name_the_field_and_change_nothing() {
 
     assert_eq!(events(&core), 0, "no refused request touched the state");
     // ... nor published anything: the first alert the subscriber gets is one published now.
-    let mut marker = core.score(&tx("marker", "c9", T0, 1.0)).verdict;
+    let mut marker = core
+        .score(
+            vigil::scoring::ScoringPath::Grpc,
+            &tx("marker", "c9", T0, 1.0),
+        )
+        .verdict;
     marker.decision = Decision::Review;
     core.publish_alert(Arc::new(marker));
     let first = tokio::time::timeout(Duration::from_secs(5), alerts.next())
@@ -401,7 +407,7 @@ async fn dry_run_leaves_state_unchanged_and_publishes_nothing() {
     let mut marker = d
         .verdict
         .clone()
-        .map(convert::verdict_from_pb)
+        .map(codec::verdict_from_pb)
         .unwrap()
         .unwrap();
     marker.transaction_id = "marker".into();
@@ -743,7 +749,9 @@ async fn alert_stream_receives_alerts_from_both_paths_filtered() {
     for t in kafka_rows {
         // As the Kafka loop would: the record's partition is its card's.
         let p = partition_for(t.card_id.as_bytes(), partitions);
-        let v = core.score_in(p, t).verdict;
+        let v = core
+            .score_in(vigil::scoring::ScoringPath::Kafka, p, t)
+            .verdict;
         if v.decision != Decision::Approve {
             expected.push(v);
         }
@@ -751,7 +759,7 @@ async fn alert_stream_receives_alerts_from_both_paths_filtered() {
     let from_kafka = expected.len();
     for t in grpc_rows {
         let r = client.score(score_req(t)).await.unwrap().into_inner();
-        let v = convert::verdict_from_pb(r.verdict.unwrap()).unwrap();
+        let v = codec::verdict_from_pb(r.verdict.unwrap()).unwrap();
         if v.decision != Decision::Approve {
             expected.push(v);
         }
@@ -770,15 +778,13 @@ async fn alert_stream_receives_alerts_from_both_paths_filtered() {
             .expect("stream open")
             .expect("ok");
         match msg.event {
-            Some(pb::alert::Event::Verdict(v)) => {
-                received.push(convert::verdict_from_pb(v).unwrap())
-            }
+            Some(pb::alert::Event::Verdict(v)) => received.push(codec::verdict_from_pb(v).unwrap()),
             other => panic!("no subscriber should lag here: {other:?}"),
         }
     }
     assert_eq!(received, expected);
 
-    let wanted: Vec<&vigil::scorer::Verdict> = expected
+    let wanted: Vec<&vigil::scoring::Verdict> = expected
         .iter()
         .filter(|v| v.decision == Decision::Decline && v.score >= min_score)
         .collect();
@@ -809,7 +815,9 @@ async fn a_slow_subscriber_skips_with_a_count_and_never_blocks_publishing() {
         .await
         .unwrap()
         .into_inner();
-    let mut base = core.score(&tx("t", "c", T0, 1.0)).verdict;
+    let mut base = core
+        .score(vigil::scoring::ScoringPath::Grpc, &tx("t", "c", T0, 1.0))
+        .verdict;
     base.decision = Decision::Review;
     let published = 20_000u64;
     let started = std::time::Instant::now();
@@ -903,7 +911,7 @@ async fn expired_deadlines_are_refused_without_changing_state() {
     assert_deadline(&err);
 
     let mut req = tonic::Request::new(pb::ScoreBatchRequest {
-        transactions: vec![convert::transaction_to_pb(&tx("b", "c1", T0, 1.0))],
+        transactions: vec![codec::transaction_to_pb(&tx("b", "c1", T0, 1.0))],
         dry_run: false,
         include_features: false,
     });
@@ -992,9 +1000,13 @@ mod tls {
 
     async fn start(pki: &Pki, mutual: bool) -> (TestServer, Arc<ScoringCore>) {
         let settings = ApiConfig {
-            tls_cert: Some(pki.path("server.pem")),
-            tls_key: Some(pki.path("server.key")),
-            tls_client_ca: mutual.then(|| pki.path("ca.pem")),
+            tls_cert: pki.path("server.pem"),
+            tls_key: pki.path("server.key"),
+            tls_client_ca: if mutual {
+                pki.path("ca.pem")
+            } else {
+                Default::default()
+            },
             ..ApiConfig::default()
         }
         .check()
@@ -1035,8 +1047,8 @@ mod tls {
         )
         .unwrap();
         let settings = ApiConfig {
-            tls_cert: Some(pki.path("server.pem")),
-            tls_key: Some(bad_key),
+            tls_cert: pki.path("server.pem"),
+            tls_key: bad_key,
             ..ApiConfig::default()
         }
         .check()

@@ -256,7 +256,8 @@ fn small_history(dir: &std::path::Path, rows: usize) -> std::path::PathBuf {
 #[test]
 fn demo_serves_grpc_on_the_kafka_paths_state_and_alerts() {
     use tokio_stream::StreamExt;
-    use vigil::api::{client::ClientOptions, pb};
+    use vigil::api::client::ClientOptions;
+    use vigil::proto as pb;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let rows = 2000;

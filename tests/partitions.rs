@@ -9,7 +9,7 @@ use std::sync::Arc;
 use vigil::model;
 use vigil::offline;
 use vigil::record::{read_history, ReadOptions};
-use vigil::service::{ScoreOptions, ScoringCore};
+use vigil::scoring::{ScoreOptions, ScoringCore};
 
 const PARTITIONS: u32 = 4;
 
@@ -40,6 +40,7 @@ fn partitioned_training_replay_equals_the_partitioned_scoring_core() {
     let mut served = vec![0.0f32; txs.len() * nf];
     for (i, tx) in txs.iter().enumerate() {
         let scored = core.score_with(
+            vigil::scoring::ScoringPath::Grpc,
             tx,
             ScoreOptions {
                 dry_run: false,

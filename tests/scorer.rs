@@ -12,7 +12,7 @@ use vigil::generate::{generate, GeneratorConfig};
 use vigil::model;
 use vigil::offline::{self, Quiet, SplitSpec, TrainOptions};
 use vigil::record::{read_history_from, ReadOptions, Transaction};
-use vigil::scorer::Scorer;
+use vigil::scoring::Scorer;
 
 fn history(rows: u64, seed: u64) -> Vec<Transaction> {
     let cfg = GeneratorConfig {
@@ -98,7 +98,7 @@ fn live_scores_equal_trainer_predictions_after_a_file_round_trip() {
             "score of row {i} differs from the trainer's prediction"
         );
         assert_eq!(&*verdict.model_version, trained.header.version);
-        assert!(verdict.reasons.len() <= vigil::scorer::DEFAULT_REASONS);
+        assert!(verdict.reasons.len() <= vigil::scoring::DEFAULT_REASONS);
         assert!(verdict
             .reasons
             .windows(2)

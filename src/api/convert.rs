@@ -9,8 +9,8 @@ use tonic::Status;
 use crate::decision::Decision;
 use crate::features::EventOutcome;
 use crate::model::Model;
-use crate::proto::codec::{decision_from_pb, transaction, verdict, verdict_owned, FieldError};
 use crate::proto as pb;
+use crate::proto::codec::{decision_from_pb, transaction, verdict, verdict_owned, FieldError};
 use crate::record::Transaction;
 use crate::scoring::{ScoreOptions, Scored, Verdict};
 

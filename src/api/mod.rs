@@ -35,8 +35,8 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod convert;
-pub mod load;
 pub mod handlers;
+pub mod load;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -125,8 +125,7 @@ pub fn cmd_score(a: ScoreArgs) -> Result<()> {
     for (i, line) in inputs.iter().enumerate() {
         let raw: RawTransaction = serde_json::from_str(line)
             .with_context(|| format!("transaction {}: not a JSON transaction", i + 1))?;
-        let t =
-            codec::raw_to_pb(raw).map_err(|e| anyhow::anyhow!("transaction {}: {e}", i + 1))?;
+        let t = codec::raw_to_pb(raw).map_err(|e| anyhow::anyhow!("transaction {}: {e}", i + 1))?;
         requests.push(pb::ScoreRequest {
             transaction: Some(t),
             dry_run: a.dry_run,
@@ -170,9 +169,7 @@ fn print_response(r: pb::ScoreResponse, json: bool) -> Result<()> {
     let v = r
         .verdict
         .context("the server answered without a verdict")
-        .and_then(|v| {
-            codec::verdict_from_pb(v).map_err(|e| anyhow::anyhow!("bad verdict: {e}"))
-        })?;
+        .and_then(|v| codec::verdict_from_pb(v).map_err(|e| anyhow::anyhow!("bad verdict: {e}")))?;
     if json {
         let features: serde_json::Map<String, serde_json::Value> = r
             .features
@@ -306,7 +303,10 @@ pub fn cmd_load(a: LoadArgs) -> Result<()> {
         };
         outln!(
             "rate {rate}, concurrency {}, connections {}, {:.0}s measured after {:.0}s warm-up",
-            a.concurrency, a.connections, a.duration, a.warmup
+            a.concurrency,
+            a.connections,
+            a.duration,
+            a.warmup
         );
         outln!(
             "ok {} errors {}  throughput {:.0} req/s  (approve {}, review {}, decline {})",
@@ -320,13 +320,19 @@ pub fn cmd_load(a: LoadArgs) -> Result<()> {
         let l = &report.latency_us;
         outln!(
             "latency us: p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
-            l.p50, l.p90, l.p99, l.p999, l.max
+            l.p50,
+            l.p90,
+            l.p99,
+            l.p999,
+            l.max
         );
         if a.rate > 0.0 {
             let s = &report.schedule_lag_us;
             outln!(
                 "schedule lag us (send time behind due time): p50 {:.0}  p99 {:.0}  max {:.0}",
-                s.p50, s.p99, s.max
+                s.p50,
+                s.p99,
+                s.max
             );
         }
         outln!("calls answered including warm-up: {}", report.total_calls);

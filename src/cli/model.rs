@@ -55,18 +55,26 @@ fn inspect(path: &Path, json: bool) -> Result<()> {
     );
     outln!(
         "thresholds   review >= {:.4}, decline >= {:.4}",
-        h.thresholds.review, h.thresholds.decline
+        h.thresholds.review,
+        h.thresholds.decline
     );
     let t = &h.training;
     outln!("data         {} ({} rows)", t.data, t.history_rows);
     outln!(
         "train        {} to {}: {} rows, {} fraud, fit in {:.1}s",
-        t.train_from, t.train_to, t.train_rows, t.train_frauds, t.fit_seconds
+        t.train_from,
+        t.train_to,
+        t.train_rows,
+        t.train_frauds,
+        t.fit_seconds
     );
     if !t.test_from.is_empty() {
         outln!(
             "test         {} to {}: {} rows, {} fraud",
-            t.test_from, t.test_to, t.test_rows, t.test_frauds
+            t.test_from,
+            t.test_to,
+            t.test_rows,
+            t.test_frauds
         );
     }
     outln!("params       {}", t.params);

@@ -392,7 +392,10 @@ pub fn cmd_train(a: TrainArgs) -> Result<()> {
         Some(ev) => {
             outln!(
                 "\ntest period {} to {}: {} rows, {} fraud",
-                h.training.test_from, h.training.test_to, ev.rows, ev.frauds
+                h.training.test_from,
+                h.training.test_to,
+                ev.rows,
+                ev.frauds
             );
             outln!("{ev}");
             let dir = a
@@ -534,4 +537,3 @@ pub fn cmd_features(a: FeaturesArgs) -> Result<()> {
     );
     Ok(())
 }
-

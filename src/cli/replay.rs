@@ -121,4 +121,3 @@ pub fn cmd_replay(a: ReplayArgs) -> Result<()> {
     }
     Ok(())
 }
-

@@ -130,8 +130,16 @@ impl ApiArgs {
                 "--grpc-tls-client-ca",
                 path(&self.grpc_tls_client_ca),
             ),
-            ("token_file", "--grpc-token-file", path(&self.grpc_token_file)),
-            ("tokens_env", "--grpc-tokens-env", self.grpc_tokens_env.clone()),
+            (
+                "token_file",
+                "--grpc-token-file",
+                path(&self.grpc_token_file),
+            ),
+            (
+                "tokens_env",
+                "--grpc-tokens-env",
+                self.grpc_tokens_env.clone(),
+            ),
             (
                 "max_message_bytes",
                 "--grpc-max-message-bytes",
@@ -195,7 +203,12 @@ pub fn serve_config(a: &ServeArgs) -> Result<Config> {
             "--transactions-topic",
             a.transactions_topic.clone(),
         ),
-        ("kafka", "alerts_topic", "--alerts-topic", a.alerts_topic.clone()),
+        (
+            "kafka",
+            "alerts_topic",
+            "--alerts-topic",
+            a.alerts_topic.clone(),
+        ),
         (
             "kafka",
             "verdicts_topic",
@@ -203,9 +216,24 @@ pub fn serve_config(a: &ServeArgs) -> Result<Config> {
             a.verdicts_topic.clone(),
         ),
         ("kafka", "dlq_topic", "--dlq-topic", a.dlq_topic.clone()),
-        ("kafka", "labels_topic", "--labels-topic", a.labels_topic.clone()),
-        ("kafka", "exactly_once", "--exactly-once", flag(a.exactly_once)),
-        ("kafka", "enabled", "--no-kafka", a.no_kafka.then(|| "false".into())),
+        (
+            "kafka",
+            "labels_topic",
+            "--labels-topic",
+            a.labels_topic.clone(),
+        ),
+        (
+            "kafka",
+            "exactly_once",
+            "--exactly-once",
+            flag(a.exactly_once),
+        ),
+        (
+            "kafka",
+            "enabled",
+            "--no-kafka",
+            a.no_kafka.then(|| "false".into()),
+        ),
         ("grpc", "enabled", "--no-kafka", flag(a.no_kafka)),
         (
             "grpc",
@@ -214,7 +242,12 @@ pub fn serve_config(a: &ServeArgs) -> Result<Config> {
             flag(a.api.grpc_addr.is_some()),
         ),
         ("model", "path", "--model", path(&a.model)),
-        ("http", "metrics_addr", "--metrics-addr", a.metrics_addr.clone()),
+        (
+            "http",
+            "metrics_addr",
+            "--metrics-addr",
+            a.metrics_addr.clone(),
+        ),
         (
             "scoring",
             "partitions",
@@ -227,7 +260,12 @@ pub fn serve_config(a: &ServeArgs) -> Result<Config> {
             "--alert-buffer",
             a.alert_buffer.map(|n| n.to_string()),
         ),
-        ("grpc", "threads", "--threads", a.threads.map(|n| n.to_string())),
+        (
+            "grpc",
+            "threads",
+            "--threads",
+            a.threads.map(|n| n.to_string()),
+        ),
     ];
     for (section, key, flag, value) in named {
         if let Some(v) = value {
@@ -254,7 +292,12 @@ pub fn cmd_serve(a: ServeArgs) -> Result<()> {
 
 /// A listener that could not be bound, in the words of the command's flags. `grpc_off` says
 /// whether `--grpc-addr ''` turns the API off for this command (the demo's does).
-pub fn bind_error(e: &BindError, grpc_flag: &str, http_flag: &str, grpc_off: bool) -> anyhow::Error {
+pub fn bind_error(
+    e: &BindError,
+    grpc_flag: &str,
+    http_flag: &str,
+    grpc_off: bool,
+) -> anyhow::Error {
     let (flag, off) = match e.listener {
         Listener::Grpc => (grpc_flag, grpc_off.then_some("turn the gRPC API off")),
         Listener::Http => (http_flag, Some("turn the HTTP endpoints off")),

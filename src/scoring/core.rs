@@ -378,7 +378,9 @@ mod tests {
             .replace_model(Arc::new(renamed))
             .expect("same spec is accepted");
         assert_eq!(old.header.version, m.header.version);
-        let v = core.score(GRPC, &tx("t1", "c", 1_600_000_000_000, 5.0)).verdict;
+        let v = core
+            .score(GRPC, &tx("t1", "c", 1_600_000_000_000, 5.0))
+            .verdict;
         assert_eq!(&*v.model_version, "v2");
 
         let mut other_spec = (*m).clone();
@@ -410,7 +412,9 @@ mod tests {
     fn alerts_reach_subscribers_and_lagging_ones_are_told() {
         let core = ScoringCore::new(model(), 1, 2);
         let mut rx = core.subscribe_alerts();
-        let v = core.score(GRPC, &tx("t1", "c", 1_600_000_000_000, 5.0)).verdict;
+        let v = core
+            .score(GRPC, &tx("t1", "c", 1_600_000_000_000, 5.0))
+            .verdict;
         for i in 0..3 {
             let mut alert = v.clone();
             alert.transaction_id = format!("a{i}");

@@ -15,8 +15,8 @@ pub mod core;
 pub mod scorer;
 pub mod verdict;
 
-pub use config::ScoringConfig;
 pub use self::core::{ScoreOptions, ScoringCore, DEFAULT_ALERT_BUFFER, LABEL_MEMORY};
 pub use crate::telemetry::ScoringPath;
+pub use config::ScoringConfig;
 pub use scorer::{Scorer, SpecMismatch, DEFAULT_REASONS};
 pub use verdict::{is_alert, ReasonCode, Scored, Verdict};

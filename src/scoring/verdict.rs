@@ -73,7 +73,10 @@ mod tests {
         assert!(is_alert(Review, Some(Late)));
         assert!(is_alert(Review, Some(TooLate)));
         assert!(!is_alert(Approve, Some(InOrder)));
-        assert!(!is_alert(Decline, Some(Duplicate)), "its alert went out with the original");
+        assert!(
+            !is_alert(Decline, Some(Duplicate)),
+            "its alert went out with the original"
+        );
         assert!(!is_alert(Decline, None), "a dry run raises nothing");
     }
 }

@@ -394,7 +394,10 @@ mod tests {
     #[test]
     fn the_grpc_table_works_in_every_layer() {
         let c = Loader::<Config>::new()
-            .toml_text("[grpc]\nmax_batch = 10\naddr = \"0.0.0.0:1\"\n", "vigil.toml")
+            .toml_text(
+                "[grpc]\nmax_batch = 10\naddr = \"0.0.0.0:1\"\n",
+                "vigil.toml",
+            )
             .and_then(Loader::build)
             .expect("[grpc] is a table of the configuration");
         assert_eq!(c.grpc.max_batch, 10);
@@ -416,7 +419,10 @@ mod tests {
                 .toml_text("[grpc]\nmax_batch = 0\n", "vigil.toml")
                 .and_then(Loader::build),
         );
-        assert!(e.contains("vigil.toml") && e.contains("grpc.max_batch"), "{e}");
+        assert!(
+            e.contains("vigil.toml") && e.contains("grpc.max_batch"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -444,7 +450,10 @@ mod tests {
                 .assign("kafka.enabled=false", "--no-kafka")
                 .and_then(Loader::build),
         );
-        assert!(e.contains("kafka.enabled") && e.contains("grpc.enabled"), "{e}");
+        assert!(
+            e.contains("kafka.enabled") && e.contains("grpc.enabled"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -466,11 +475,24 @@ mod tests {
         for secret in ["hunter2", "s3cr3t"] {
             assert!(!shown.contains(secret), "{shown}");
         }
-        assert!(shown.contains("\"sasl.password\" = \"<redacted>\""), "{shown}");
+        assert!(
+            shown.contains("\"sasl.password\" = \"<redacted>\""),
+            "{shown}"
+        );
         // Names of where secrets live are not secrets; other properties are shown as they are.
-        assert!(shown.contains("tokens_env = \"VIGIL_API_TOKENS\""), "{shown}");
+        assert!(
+            shown.contains("tokens_env = \"VIGIL_API_TOKENS\""),
+            "{shown}"
+        );
         assert!(shown.contains("\"linger.ms\" = \"7\""), "{shown}");
-        for section in ["[kafka]", "[pipeline]", "[grpc]", "[scoring]", "[model]", "[http]"] {
+        for section in [
+            "[kafka]",
+            "[pipeline]",
+            "[grpc]",
+            "[scoring]",
+            "[model]",
+            "[http]",
+        ] {
             assert!(shown.contains(section), "{section} missing from:\n{shown}");
         }
     }

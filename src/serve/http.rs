@@ -87,4 +87,3 @@ pub async fn serve(
         });
     }
 }
-

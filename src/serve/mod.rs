@@ -212,13 +212,17 @@ impl Server {
         let guard = runtime.enter();
 
         // The recorder first: metric handles bind to the recorder present when they are made.
-        let metrics = http.as_ref().and_then(|_| match telemetry::install_prometheus() {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!("metrics recorder not installed (already one in this process?): {e}");
-                None
-            }
-        });
+        let metrics = http
+            .as_ref()
+            .and_then(|_| match telemetry::install_prometheus() {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    tracing::warn!(
+                        "metrics recorder not installed (already one in this process?): {e}"
+                    );
+                    None
+                }
+            });
         let status = Arc::new(Status::default());
         let health = Arc::new(http::Health {
             core: Default::default(),
@@ -232,28 +236,38 @@ impl Server {
                 tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
             }
             let task = http::serve(listener, metrics, Arc::clone(&health), shutdown.clone());
-            tasks.push(("HTTP endpoints", runtime.spawn(async move {
-                task.await;
-                Ok(())
-            })));
+            tasks.push((
+                "HTTP endpoints",
+                runtime.spawn(async move {
+                    task.await;
+                    Ok(())
+                }),
+            ));
         }
         let slot = CoreSlot::empty();
         if let Some((listener, settings)) = grpc {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .context("gRPC listener: cannot hand it to the runtime")?;
-            let local = listener.local_addr().context("the gRPC listener has no address")?;
+            let local = listener
+                .local_addr()
+                .context("the gRPC listener has no address")?;
             if settings.tokens.is_empty() && !local.ip().is_loopback() {
-                tracing::warn!("the gRPC API accepts calls from the network without authentication");
+                tracing::warn!(
+                    "the gRPC API accepts calls from the network without authentication"
+                );
             }
             tracing::info!(addr = %local, "gRPC API listening");
             let (slot, stop) = (slot.clone(), shutdown.clone());
-            tasks.push(("gRPC API", runtime.spawn(async move {
-                let r = api::serve(slot, settings, listener, async move { stop.wait().await })
-                    .await
-                    .context("gRPC server stopped");
-                tracing::info!("gRPC API stopped");
-                r
-            })));
+            tasks.push((
+                "gRPC API",
+                runtime.spawn(async move {
+                    let r = api::serve(slot, settings, listener, async move { stop.wait().await })
+                        .await
+                        .context("gRPC server stopped");
+                    tracing::info!("gRPC API stopped");
+                    r
+                }),
+            ));
         }
         let (reload_tx, reload_rx) = sync_channel::<()>(1);
         if signals {
@@ -375,7 +389,12 @@ fn serve_core(
     };
 
     let result = if cfg.kafka.enabled {
-        let r = stream::run(&stream_cfg, Arc::clone(&core), shutdown.clone(), Arc::clone(status));
+        let r = stream::run(
+            &stream_cfg,
+            Arc::clone(&core),
+            shutdown.clone(),
+            Arc::clone(status),
+        );
         match &r {
             Ok(s) => tracing::info!(records = s.records, scored = s.scored, "pipeline stopped"),
             Err(e) => tracing::error!("pipeline stopped: {e}"),

@@ -28,4 +28,3 @@ pub async fn handle(shutdown: Shutdown, reload: SyncSender<()>) {
         }
     }
 }
-

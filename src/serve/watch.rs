@@ -107,7 +107,6 @@ pub fn reload_model(core: &ScoringCore, path: &Path) -> Result<Option<String>> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

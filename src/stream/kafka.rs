@@ -155,7 +155,11 @@ pub fn partition_count<C: rdkafka::consumer::ConsumerContext>(
 }
 
 /// The partition count of `topic`, with a throwaway consumer.
-pub fn topic_partitions(cfg: &StreamConfig, topic: &str, timeout: Duration) -> Result<u32, StreamError> {
+pub fn topic_partitions(
+    cfg: &StreamConfig,
+    topic: &str,
+    timeout: Duration,
+) -> Result<u32, StreamError> {
     let consumer: BaseConsumer = create(&consumer_config(cfg, None), "metadata consumer")?;
     partition_count(&consumer, topic, timeout)
 }

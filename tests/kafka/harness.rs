@@ -21,7 +21,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use vigil::decision::Decision;
 use vigil::model::Model;
 use vigil::record::Transaction;
-use vigil::service::ScoringCore;
+use vigil::scoring::ScoringCore;
 use vigil::stream::wire::{encode_transaction, VerdictRecord};
 
 pub fn repo() -> PathBuf {
@@ -535,7 +535,9 @@ pub fn reference_as(
             x.key.as_deref(),
             x.payload.as_deref(),
         ) {
-            let v = core.score_in(x.partition as u32, &tx).verdict;
+            let v = core
+                .score_in(vigil::scoring::ScoringPath::Kafka, x.partition as u32, &tx)
+                .verdict;
             out.insert(
                 (x.partition, x.offset),
                 (v.score, v.decision, v.transaction_id),

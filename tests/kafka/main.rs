@@ -186,7 +186,7 @@ fn every_record_ends_as_one_verdict_or_one_dead_letter_and_offsets_are_committed
 #[test]
 #[ignore = "needs a tansu broker: scripts/test.sh runs it"]
 fn protobuf_input_is_scored_and_bad_messages_are_dead_letters() {
-    use vigil::api::convert::transaction_to_bytes;
+    use vigil::proto::codec::transaction_to_bytes;
     use vigil::stream::wire::InputFormat;
     let broker = Broker::start();
     let b = broker.brokers();
@@ -735,7 +735,8 @@ fn the_labels_topic_feeds_the_scoring_core() {
 #[ignore = "needs a tansu broker: scripts/test.sh runs it"]
 fn an_alert_from_the_kafka_path_reaches_the_grpc_alert_stream() {
     use tokio_stream::StreamExt;
-    use vigil::api::{client::ClientOptions, convert, pb};
+    use vigil::api::client::ClientOptions;
+    use vigil::proto::{self as pb, codec};
 
     let broker = Broker::start();
     let b = broker.brokers();
@@ -843,7 +844,7 @@ fn an_alert_from_the_kafka_path_reaches_the_grpc_alert_stream() {
         .into_iter()
         .map(|a| match a.event {
             Some(pb::alert::Event::Verdict(v)) => {
-                let v = convert::verdict_from_pb(v).expect("a well-formed verdict");
+                let v = codec::verdict_from_pb(v).expect("a well-formed verdict");
                 key(&v.transaction_id, v.score, v.decision)
             }
             other => panic!("the subscriber was not expected to miss alerts: {other:?}"),
