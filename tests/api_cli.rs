@@ -39,6 +39,9 @@ impl Server {
             "127.0.0.1:0",
             "--partitions",
             "2",
+            // Tests run servers side by side: no fixed HTTP port.
+            "--metrics-addr",
+            "",
         ])
         .args(extra)
         .env("VIGIL_CLI_TEST_TOKENS", TOKEN)
@@ -62,7 +65,7 @@ impl Server {
             if let Some(rest) = line.strip_prefix("gRPC API listening on ") {
                 addr = rest.split_whitespace().next().map(str::to_string);
             }
-            if line.starts_with("serving model") {
+            if line.contains("serving model") {
                 break;
             }
         }
@@ -86,7 +89,10 @@ impl Server {
         }
         let exit = self.child.wait().expect("exits");
         assert!(exit.success(), "serve exited with {exit}: {rest:?}");
-        assert!(rest.iter().any(|l| l == "gRPC API stopped"), "{rest:?}");
+        assert!(
+            rest.iter().any(|l| l.contains("gRPC API stopped")),
+            "{rest:?}"
+        );
     }
 }
 
@@ -198,14 +204,17 @@ fn bad_flags_are_named() {
     });
     assert!(err.contains("--grpc-max-message-bytes"), "{err}");
 
-    // The same key through its environment variable.
+    // The same key through its environment variable, named as the variable and the key.
     let err = stderr_of({
         let mut c = vigil();
         c.args(["serve", "--no-kafka"])
-            .env("VIGIL_GRPC_MAX_BATCH", "0");
+            .env("VIGIL_GRPC__MAX_BATCH", "0");
         c
     });
-    assert!(err.contains("--grpc-max-batch"), "{err}");
+    assert!(
+        err.contains("VIGIL_GRPC__MAX_BATCH") && err.contains("grpc.max_batch"),
+        "{err}"
+    );
 
     let err = stderr_of({
         let mut c = vigil();

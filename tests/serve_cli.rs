@@ -93,7 +93,10 @@ impl Serve {
                 }
             }
         }
-        panic!("`{needle}` never logged; log so far:\n{}", self.log.join("\n"));
+        panic!(
+            "`{needle}` never logged; log so far:\n{}",
+            self.log.join("\n")
+        );
     }
 
     fn signal(&self, sig: &str) {
@@ -237,7 +240,14 @@ fn config_show_covers_every_table_and_redacts_secrets() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for table in ["[kafka]", "[pipeline]", "[grpc]", "[scoring]", "[model]", "[http]"] {
+    for table in [
+        "[kafka]",
+        "[pipeline]",
+        "[grpc]",
+        "[scoring]",
+        "[model]",
+        "[http]",
+    ] {
         assert!(text.contains(table), "{table} missing:\n{text}");
     }
     assert!(text.contains("max_batch = 10"), "{text}");

@@ -280,9 +280,15 @@ pub fn serve_config(a: &ServeArgs) -> Result<Config> {
 
 pub fn cmd_serve(a: ServeArgs) -> Result<()> {
     let cfg = serve_config(&a)?;
-    let server = Server::bind(cfg).map_err(|e| match e.downcast::<BindError>() {
-        Ok(b) => bind_error(&b, "--grpc-addr", "--metrics-addr", false),
-        Err(e) => e,
+    let server = Server::bind(cfg).map_err(|e| {
+        if let Some(b) = e.downcast_ref::<BindError>() {
+            return bind_error(b, "--grpc-addr", "--metrics-addr", false);
+        }
+        match e.downcast::<vigil::api::ConfigError>() {
+            // Read at start (token files, TLS material): named as key and flag.
+            Ok(c) => anyhow::anyhow!("grpc.{} ({}): {}", c.key, c.flag(), c.message),
+            Err(e) => e,
+        }
     })?;
     if let (Some(addr), Some(security)) = (server.grpc_addr(), server.grpc_security()) {
         errln!("gRPC API listening on {addr} ({security})");

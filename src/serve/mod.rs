@@ -15,9 +15,11 @@
 //! [`Server::bind`] does everything that can fail on a bad configuration before anything runs
 //! (loads and checks the model, reads the gRPC TLS material and tokens, binds both listeners),
 //! so a busy port or a missing file stops the command at once; [`Server::run`] then runs until
-//! the [`Shutdown`] fires. Start order inside `run`: metrics recorder, HTTP, gRPC (reporting
-//! NOT_SERVING), then the core, sized from the transactions topic (Kafka) or the configuration,
-//! which the gRPC API then serves; then the pipeline on the calling thread.
+//! the [`Shutdown`] fires. Start order inside `run`: metrics recorder (metric handles bind to
+//! the recorder present when they are made), HTTP, the core (sized from the transactions topic
+//! with Kafka, from the configuration without), the gRPC API on it (clients that connected
+//! earlier wait in the bound listener's backlog), the model watcher and labels feed, then the
+//! pipeline on the calling thread.
 
 pub mod config;
 mod http;
@@ -127,11 +129,9 @@ impl Server {
     /// enabled listeners. Errors name the configuration key at fault ([`BindError`] for a
     /// listener).
     pub fn bind(cfg: Config) -> Result<Server> {
+        // An `api::ConfigError` (it names its key in `[grpc]`), for the CLI to word with a flag.
         let settings = if cfg.grpc.enabled {
-            Some(cfg.grpc.check().map_err(|e| {
-                let e = e.key_error();
-                anyhow!("{}: {}", e.key, e.message)
-            })?)
+            Some(cfg.grpc.check()?)
         } else {
             None
         };
@@ -244,40 +244,32 @@ impl Server {
                 }),
             ));
         }
-        let slot = CoreSlot::empty();
-        if let Some((listener, settings)) = grpc {
-            let listener = tokio::net::TcpListener::from_std(listener)
-                .context("gRPC listener: cannot hand it to the runtime")?;
-            let local = listener
-                .local_addr()
-                .context("the gRPC listener has no address")?;
-            if settings.tokens.is_empty() && !local.ip().is_loopback() {
-                tracing::warn!(
-                    "the gRPC API accepts calls from the network without authentication"
-                );
-            }
-            tracing::info!(addr = %local, "gRPC API listening");
-            let (slot, stop) = (slot.clone(), shutdown.clone());
-            tasks.push((
-                "gRPC API",
-                runtime.spawn(async move {
-                    let r = api::serve(slot, settings, listener, async move { stop.wait().await })
-                        .await
-                        .context("gRPC server stopped");
-                    tracing::info!("gRPC API stopped");
-                    r
-                }),
-            ));
-        }
+        // Bound already: a client connecting now waits in the listen backlog until the API
+        // serves, which it does once the core exists.
+        let grpc = match grpc {
+            Some((listener, settings)) => Some((
+                tokio::net::TcpListener::from_std(listener)
+                    .context("gRPC listener: cannot hand it to the runtime")?,
+                settings,
+            )),
+            None => None,
+        };
         let (reload_tx, reload_rx) = sync_channel::<()>(1);
         if signals {
             runtime.spawn(signals::handle(shutdown.clone(), reload_tx.clone()));
         }
         drop(guard);
 
-        let result = serve_core(
-            &cfg, &runtime, model, &slot, &health, &status, reload_rx, &shutdown,
-        );
+        let result = core_for(&cfg, model).and_then(|core| {
+            if let Some((listener, settings)) = grpc {
+                tasks.push((
+                    "gRPC API",
+                    spawn_grpc(&runtime, &core, listener, settings, &shutdown)?,
+                ));
+            }
+            health.core.store(true, Ordering::Release);
+            serve_core(&cfg, &runtime, core, &status, reload_rx, &shutdown)
+        });
         if let Err(e) = &result {
             tracing::error!("{e:#}");
         }
@@ -304,19 +296,9 @@ pub fn run(cfg: Config, shutdown: Shutdown) -> Result<()> {
     Server::bind(cfg)?.run(shutdown)
 }
 
-/// The part of [`Server::run`] between starting the listeners and stopping: the core, the
-/// watcher, the labels feed and the pipeline (or, without Kafka, waiting for the shutdown).
-#[allow(clippy::too_many_arguments)]
-fn serve_core(
-    cfg: &Config,
-    runtime: &tokio::runtime::Runtime,
-    model: Arc<Model>,
-    slot: &CoreSlot,
-    health: &http::Health,
-    status: &Arc<Status>,
-    reload: std::sync::mpsc::Receiver<()>,
-    shutdown: &Shutdown,
-) -> Result<()> {
+/// The scoring core: the model, state for as many partitions as the transactions topic has
+/// (created first with `kafka.create_topics`), or as configured without Kafka.
+fn core_for(cfg: &Config, model: Arc<Model>) -> Result<Arc<ScoringCore>> {
     let stream_cfg = cfg.stream();
     let partitions = if cfg.kafka.enabled {
         let k = &cfg.kafka;
@@ -348,13 +330,49 @@ fn serve_core(
         cfg.scoring.alert_buffer,
     ));
     telemetry::model_serving(&model.header.model_id, &model.header.version, None);
-    slot.set(Arc::clone(&core));
-    health.core.store(true, Ordering::Release);
     tracing::info!(
         "serving model {} with {partitions} partition(s) of state",
         model.name()
     );
+    Ok(core)
+}
 
+/// The gRPC API on `core` until `shutdown`.
+fn spawn_grpc(
+    runtime: &tokio::runtime::Runtime,
+    core: &Arc<ScoringCore>,
+    listener: tokio::net::TcpListener,
+    settings: ApiSettings,
+    shutdown: &Shutdown,
+) -> Result<tokio::task::JoinHandle<Result<()>>> {
+    let local = listener
+        .local_addr()
+        .context("the gRPC listener has no address")?;
+    if settings.tokens.is_empty() && !local.ip().is_loopback() {
+        tracing::warn!("the gRPC API accepts calls from the network without authentication");
+    }
+    tracing::info!(addr = %local, "gRPC API serving");
+    let (slot, stop) = (CoreSlot::with(Arc::clone(core)), shutdown.clone());
+    Ok(runtime.spawn(async move {
+        let r = api::serve(slot, settings, listener, async move { stop.wait().await })
+            .await
+            .context("gRPC server stopped");
+        tracing::info!("gRPC API stopped");
+        r
+    }))
+}
+
+/// The part of [`Server::run`] once the core exists: the model watcher, the labels feed and
+/// the pipeline (or, without Kafka, waiting for the shutdown).
+fn serve_core(
+    cfg: &Config,
+    runtime: &tokio::runtime::Runtime,
+    core: Arc<ScoringCore>,
+    status: &Arc<Status>,
+    reload: std::sync::mpsc::Receiver<()>,
+    shutdown: &Shutdown,
+) -> Result<()> {
+    let stream_cfg = cfg.stream();
     let watcher = {
         let (core, path, shutdown) = (Arc::clone(&core), cfg.model.path.clone(), shutdown.clone());
         let (watch, every) = (cfg.model.watch, cfg.model.poll_interval());
