@@ -47,8 +47,8 @@ impl PartitionState {
 
     /// The pending entry of `offset`. Offsets are nearly always consecutive, so the entry is
     /// found at `offset - first` without searching; a gap (transaction markers, compaction)
-    /// falls back to a binary search. At a few hundred thousand records in flight, the search
-    /// alone was 5 % of a scoring thread's time (`perf`, Kafka bench).
+    /// falls back to a binary search. With many records in flight, a search per
+    /// acknowledgement is a visible share of a scoring thread's time (BENCHMARKS.md).
     fn entry(&mut self, offset: i64) -> Option<&mut Entry> {
         let first = self.pending.front()?.offset;
         let guess = usize::try_from(offset.checked_sub(first)?).ok()?;
