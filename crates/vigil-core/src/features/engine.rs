@@ -39,8 +39,7 @@ use super::spec::{
     Agg, Attr, DistinctOut, Entity, FeatureKind, FeatureSpec, PrevOut, TooLatePolicy, TxFeature,
 };
 use super::table::{
-    key_of_hash, Columns, Entity as EntityState, EntityTable, Ev, Events, Layout, RunRisk, RunWin,
-    NO_LABEL,
+    key_of_hash, Columns, EntityBlock, EntityTable, Ev, Events, Layout, RunRisk, RunWin, NO_LABEL,
 };
 use crate::record::{Channel, LabelEvent, Transaction};
 
@@ -123,9 +122,10 @@ impl Stats {
     }
 }
 
-/// One entity-bound output column, resolved to the table's running-aggregate indices.
+/// Where the value of one entity-bound output column comes from, resolved to the table's
+/// running-aggregate indices.
 #[derive(Debug, Clone, Copy)]
-enum Slot {
+enum Source {
     Win {
         w: usize,
         agg: Agg,
@@ -148,21 +148,21 @@ enum Slot {
 #[derive(Debug)]
 struct TableCfg {
     entity: Entity,
-    /// Distinct window lengths of this entity's `Win` and `Distinct` slots (one running
+    /// Distinct window lengths of this entity's `Win` and `Distinct` sources (one running
     /// aggregate each; distinct counts only use its start).
     win_lens: Vec<i64>,
     /// Per window length: whether a feature reads its max (otherwise it is not maintained).
     win_max: Vec<bool>,
-    /// Distinct (length, delay) pairs of this entity's `Risk` slots.
+    /// Distinct (length, delay) pairs of this entity's `Risk` sources.
     risk_params: Vec<(i64, i64)>,
-    /// (output column, slot), in column order: what the spec declares.
-    slots: Vec<(usize, Slot)>,
-    /// The `Win` slots grouped by (window, include_current), so each group's statistics are
+    /// (output column, source), in column order: what the spec declares.
+    sources: Vec<(usize, Source)>,
+    /// The `Win` sources grouped by (window, include_current), so each group's statistics are
     /// computed once per event.
     win_groups: Vec<WinGroup>,
-    /// The other slots (distinct, previous, risk).
-    other_slots: Vec<(usize, Slot)>,
-    /// Whether any slot reads the previous event / the previous located event.
+    /// The other sources (distinct, previous, risk).
+    other_sources: Vec<(usize, Source)>,
+    /// Whether any source reads the previous event / the previous located event.
     needs_prev: bool,
     needs_prev_located: bool,
 }
@@ -190,13 +190,13 @@ impl TableCfg {
             c.bits = true;
             c.tag = true;
         }
-        for &(_, slot) in &self.slots {
-            match slot {
-                Slot::Distinct { of: Attr::Mcc, .. } => c.bits = true,
-                Slot::Distinct { of, .. } => c.attrs[of.index()] = true,
-                Slot::Prev(PrevOut::KmhSince) => c.loc = true,
-                Slot::Prev(PrevOut::CountryChanged) => c.attrs[Attr::Country.index()] = true,
-                Slot::Prev(PrevOut::MerchantChanged) => c.attrs[Attr::Merchant.index()] = true,
+        for &(_, source) in &self.sources {
+            match source {
+                Source::Distinct { of: Attr::Mcc, .. } => c.bits = true,
+                Source::Distinct { of, .. } => c.attrs[of.index()] = true,
+                Source::Prev(PrevOut::KmhSince) => c.loc = true,
+                Source::Prev(PrevOut::CountryChanged) => c.attrs[Attr::Country.index()] = true,
+                Source::Prev(PrevOut::MerchantChanged) => c.attrs[Attr::Merchant.index()] = true,
                 _ => {}
             }
         }
@@ -205,9 +205,9 @@ impl TableCfg {
 
     fn finish(&mut self) {
         self.win_max = vec![false; self.win_lens.len()];
-        for &(col, slot) in &self.slots {
-            match slot {
-                Slot::Win { w, agg, incl } => {
+        for &(col, source) in &self.sources {
+            match source {
+                Source::Win { w, agg, incl } => {
                     if agg == Agg::Max {
                         self.win_max[w] = true;
                     }
@@ -233,12 +233,14 @@ impl TableCfg {
                     g.need_std |= agg == Agg::Std;
                     g.outs.push((col, agg));
                 }
-                Slot::Prev(out) => {
+                Source::Prev(out) => {
                     self.needs_prev = true;
                     self.needs_prev_located |= out == PrevOut::KmhSince;
-                    self.other_slots.push((col, slot));
+                    self.other_sources.push((col, source));
                 }
-                Slot::Distinct { .. } | Slot::Risk { .. } => self.other_slots.push((col, slot)),
+                Source::Distinct { .. } | Source::Risk { .. } => {
+                    self.other_sources.push((col, source))
+                }
             }
         }
     }
@@ -434,7 +436,7 @@ pub struct FeatureEngine {
     spec: Arc<FeatureSpec>,
     tables: Vec<Table>,
     /// (output column, feature) for per-transaction features.
-    tx_slots: Vec<(usize, TxFeature)>,
+    tx_features: Vec<(usize, TxFeature)>,
     /// Largest event time seen; `i64::MIN` before the first event.
     watermark: i64,
     /// Largest `known_at` among applied labels. While it is after an event's time, risk
@@ -517,7 +519,7 @@ struct Run<'a> {
     risk_fast: bool,
 }
 
-/// Everything a slot needs to compute its value for one event and one entity.
+/// Everything a source needs to compute its value for one event and one entity.
 struct Ctx<'a> {
     cfg: &'a TableCfg,
     /// Events `[..end]` are the ones processed before this event with `ts <= t`.
@@ -556,11 +558,11 @@ impl Ctx<'_> {
             .find(|&i| pred(i))
     }
 
-    fn slot(&self, slot: Slot) -> f32 {
-        match slot {
+    fn source(&self, source: Source) -> f32 {
+        match source {
             // Written by `write` through the window groups.
-            Slot::Win { .. } | Slot::Prev(_) => 0.0,
-            Slot::Distinct { w, of, incl, out } => {
+            Source::Win { .. } | Source::Prev(_) => 0.0,
+            Source::Distinct { w, of, incl, out } => {
                 let window = &attr_col(&self.events, of)[self.win_start(w)..self.end];
                 let mask = if of == Attr::Mcc { MCC_MASK } else { u32::MAX };
                 let v = cur_attr(self.cur, of);
@@ -576,7 +578,7 @@ impl Ctx<'_> {
                     }
                 }
             }
-            Slot::Risk { r, count } => {
+            Source::Risk { r, count } => {
                 let (n, fraud) = match self.run {
                     Some(run) if run.risk_fast => (run.risks[r].n, run.risks[r].fraud),
                     _ => {
@@ -715,10 +717,10 @@ impl Ctx<'_> {
         } else {
             (None, None)
         };
-        for &(col, slot) in &self.cfg.other_slots {
-            out[col] = match slot {
-                Slot::Prev(o) => self.prev_value(o, prev, prev_located),
-                other => self.slot(other),
+        for &(col, source) in &self.cfg.other_sources {
+            out[col] = match source {
+                Source::Prev(o) => self.prev_value(o, prev, prev_located),
+                other => self.source(other),
             };
         }
     }
@@ -900,13 +902,13 @@ fn on_insert(wins: &mut [RunWin], risks: &mut [RunRisk], cfg: &TableCfg, t_run: 
     }
 }
 
-/// Writes the per-transaction features (`slots`: output column, feature).
-fn write_tx(slots: &[(usize, TxFeature)], tx: &Transaction, out: &mut [f32]) {
+/// Writes the per-transaction features (`features`: output column, feature).
+fn write_tx(features: &[(usize, TxFeature)], tx: &Transaction, out: &mut [f32]) {
     let ts = tx.timestamp_ms;
     let day = ts.div_euclid(DAY_MS);
     let hour = (ts - day * DAY_MS) / HOUR_MS;
     let flag = |b: bool| f32::from(u8::from(b));
-    for &(col, f) in slots {
+    for &(col, f) in features {
         out[col] = match f {
             TxFeature::Amount => finite(tx.amount),
             TxFeature::LogAmount => finite(tx.amount.ln_1p()),
@@ -953,11 +955,11 @@ const PREFETCH_STEP: usize = 6;
 impl FeatureEngine {
     pub fn new(spec: Arc<FeatureSpec>) -> Self {
         let mut cfgs: Vec<TableCfg> = Vec::new();
-        let mut tx_slots = Vec::new();
+        let mut tx_features = Vec::new();
         for (col, f) in spec.features().iter().enumerate() {
             let Some(entity) = f.entity() else {
                 if let FeatureKind::Transaction(t) = *f {
-                    tx_slots.push((col, t));
+                    tx_features.push((col, t));
                 }
                 continue;
             };
@@ -969,9 +971,9 @@ impl FeatureEngine {
                         win_lens: Vec::new(),
                         win_max: Vec::new(),
                         risk_params: Vec::new(),
-                        slots: Vec::new(),
+                        sources: Vec::new(),
                         win_groups: Vec::new(),
-                        other_slots: Vec::new(),
+                        other_sources: Vec::new(),
                         needs_prev: false,
                         needs_prev_located: false,
                     });
@@ -979,13 +981,13 @@ impl FeatureEngine {
                 }
             };
             let cfg = &mut cfgs[ti];
-            let slot = match *f {
+            let source = match *f {
                 FeatureKind::Window {
                     length_ms,
                     include_current,
                     agg,
                     ..
-                } => Slot::Win {
+                } => Source::Win {
                     w: index_of(&mut cfg.win_lens, length_ms),
                     agg,
                     incl: include_current,
@@ -996,26 +998,26 @@ impl FeatureEngine {
                     include_current,
                     out,
                     ..
-                } => Slot::Distinct {
+                } => Source::Distinct {
                     w: index_of(&mut cfg.win_lens, length_ms),
                     of,
                     incl: include_current,
                     out,
                 },
-                FeatureKind::Previous { out, .. } => Slot::Prev(out),
+                FeatureKind::Previous { out, .. } => Source::Prev(out),
                 FeatureKind::Risk {
                     length_ms,
                     delay_ms,
                     count,
                     ..
-                } => Slot::Risk {
+                } => Source::Risk {
                     r: index_of(&mut cfg.risk_params, (length_ms, delay_ms)),
                     count,
                 },
                 // Handled above: transaction features have no entity.
                 FeatureKind::Transaction(_) => continue,
             };
-            cfg.slots.push((col, slot));
+            cfg.sources.push((col, source));
         }
         for cfg in &mut cfgs {
             cfg.finish();
@@ -1025,13 +1027,13 @@ impl FeatureEngine {
         for cfg in &cfgs {
             needs.key[cfg.entity as usize] = true;
             any_risk |= !cfg.risk_params.is_empty();
-            for &(_, slot) in &cfg.slots {
-                match slot {
-                    Slot::Distinct { of, .. } => needs.attr[of.index()] = true,
-                    Slot::Prev(PrevOut::CountryChanged) => {
+            for &(_, source) in &cfg.sources {
+                match source {
+                    Source::Distinct { of, .. } => needs.attr[of.index()] = true,
+                    Source::Prev(PrevOut::CountryChanged) => {
                         needs.attr[Attr::Country.index()] = true;
                     }
-                    Slot::Prev(PrevOut::MerchantChanged) => {
+                    Source::Prev(PrevOut::MerchantChanged) => {
                         needs.attr[Attr::Merchant.index()] = true;
                     }
                     _ => {}
@@ -1061,7 +1063,7 @@ impl FeatureEngine {
             spec,
             tables,
             needs,
-            tx_slots,
+            tx_features,
             watermark: i64::MIN,
             label_max_known: i64::MIN,
             next_sweep: i64::MIN,
@@ -1289,7 +1291,7 @@ impl FeatureEngine {
                 },
             );
         }
-        write_tx(&self.tx_slots, tx, out);
+        write_tx(&self.tx_features, tx, out);
         place.outcome
     }
 
@@ -1458,7 +1460,7 @@ impl FeatureEngine {
             }
             .write(out);
         }
-        write_tx(&self.tx_slots, tx, out);
+        write_tx(&self.tx_features, tx, out);
     }
 
     /// Applies a label to the transaction it names, if the engine holds it. A later label for the
@@ -1569,7 +1571,7 @@ fn expired_prefix(times: &[i64], horizon: i64) -> usize {
 
 /// Drops the entity's events at or before `horizon` and shifts the running aggregates' indices.
 /// Called on the in-order path after [`advance`], so no window still points into them.
-fn evict(st: &mut EntityState, layout: &Layout, horizon: i64) {
+fn evict(st: &mut EntityBlock, layout: &Layout, horizon: i64) {
     if st.front_ts > horizon {
         return;
     }

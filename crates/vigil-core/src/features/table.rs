@@ -7,7 +7,7 @@
 //! runs on a miss costs 200-350 ns, so what sets the speed is how many cache lines an event
 //! touches and how many of those loads depend on each other:
 //!
-//! 1. The [`Entity`] record (64 bytes, one cache line) sits directly in the table, at the slot
+//! 1. The [`EntityBlock`] (64 bytes, one cache line) sits directly in the table, at the slot
 //!    the key hashes to (linear probing at most half full, so it is nearly always the home
 //!    slot). Its address is known from the hash alone, so [`EntityTable::prefetch_home`] can
 //!    start that load before anything else.
@@ -115,7 +115,7 @@ const AGG_BYTES: usize = 48;
 const _: () = {
     assert!(size_of::<RunWin>() == AGG_BYTES);
     assert!(size_of::<RunRisk>() == AGG_BYTES);
-    assert!(size_of::<Entity>() == 64);
+    assert!(size_of::<EntityBlock>() == 64);
 };
 
 /// Byte offsets of a block's parts for a given capacity.
@@ -268,7 +268,7 @@ impl Events<'_> {
 
 /// An entity: its key, event-time bookkeeping and its block. One cache line.
 #[repr(C, align(64))]
-pub(super) struct Entity {
+pub(super) struct EntityBlock {
     /// Hash of the entity id; 0 = empty slot.
     pub key: u64,
     /// The time the running aggregates' lower edges are positioned for, or `i64::MIN` when
@@ -290,9 +290,9 @@ pub(super) struct Entity {
     block: Box<[u64]>,
 }
 
-impl std::fmt::Debug for Entity {
+impl std::fmt::Debug for EntityBlock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entity")
+        f.debug_struct("EntityBlock")
             .field("key", &self.key)
             .field("events", &self.len())
             .finish_non_exhaustive()
@@ -375,9 +375,9 @@ unsafe fn col_mut<T>(block: &mut [u64], off: usize, len: usize) -> &mut [T] {
     }
 }
 
-impl Entity {
-    fn empty() -> Entity {
-        Entity {
+impl EntityBlock {
+    fn empty() -> EntityBlock {
+        EntityBlock {
             key: 0,
             t_run: i64::MIN,
             front_ts: i64::MAX,
@@ -389,7 +389,7 @@ impl Entity {
         }
     }
 
-    fn new(key: u64, layout: &Layout, block: Option<Box<[u64]>>, cap: u32) -> Entity {
+    fn new(key: u64, layout: &Layout, block: Option<Box<[u64]>>, cap: u32) -> EntityBlock {
         let (block, cap) = match block {
             Some(mut b) => {
                 // Recycled: clear the aggregates (columns are written before they are read).
@@ -403,7 +403,7 @@ impl Entity {
                 (vec![0u64; words].into_boxed_slice(), cap as u32)
             }
         };
-        Entity {
+        EntityBlock {
             key,
             t_run: i64::MIN,
             front_ts: i64::MAX,
@@ -691,7 +691,7 @@ pub(super) fn key_of_hash(h: u64) -> u64 {
 /// Open-addressing (linear probing) table of entities, at most half full.
 #[derive(Debug)]
 pub(super) struct EntityTable {
-    slots: Vec<Entity>,
+    slots: Vec<EntityBlock>,
     mask: usize,
     len: usize,
     layout: Layout,
@@ -709,7 +709,7 @@ impl EntityTable {
     pub fn new(layout: Layout) -> EntityTable {
         const INITIAL: usize = 64;
         EntityTable {
-            slots: (0..INITIAL).map(|_| Entity::empty()).collect(),
+            slots: (0..INITIAL).map(|_| EntityBlock::empty()).collect(),
             mask: INITIAL - 1,
             len: 0,
             layout,
@@ -753,12 +753,12 @@ impl EntityTable {
         }
     }
 
-    pub fn get(&self, key: u64) -> Option<&Entity> {
+    pub fn get(&self, key: u64) -> Option<&EntityBlock> {
         self.find_slot(key).ok().map(|i| &self.slots[i])
     }
 
     /// The entity for `key` (mutable) and the table layout.
-    pub fn get_mut(&mut self, key: u64) -> Option<(&mut Entity, &Layout)> {
+    pub fn get_mut(&mut self, key: u64) -> Option<(&mut EntityBlock, &Layout)> {
         match self.find_slot(key) {
             Ok(i) => Some((&mut self.slots[i], &self.layout)),
             Err(_) => None,
@@ -766,7 +766,7 @@ impl EntityTable {
     }
 
     /// The entity for `key`, created empty if absent, and the table layout.
-    pub fn get_or_insert(&mut self, key: u64) -> (&mut Entity, &Layout) {
+    pub fn get_or_insert(&mut self, key: u64) -> (&mut EntityBlock, &Layout) {
         let i = match self.find_slot(key) {
             Ok(i) => i,
             Err(mut i) => {
@@ -780,7 +780,7 @@ impl EntityTable {
                     Some((b, cap)) => (Some(b), cap),
                     None => (None, 0),
                 };
-                self.slots[i] = Entity::new(key, &self.layout, block, cap);
+                self.slots[i] = EntityBlock::new(key, &self.layout, block, cap);
                 self.len += 1;
                 i
             }
@@ -790,7 +790,10 @@ impl EntityTable {
 
     fn grow(&mut self) {
         let cap = self.slots.len() * 2;
-        let old = std::mem::replace(&mut self.slots, (0..cap).map(|_| Entity::empty()).collect());
+        let old = std::mem::replace(
+            &mut self.slots,
+            (0..cap).map(|_| EntityBlock::empty()).collect(),
+        );
         self.mask = cap - 1;
         for e in old.into_iter().filter(|e| e.key != 0) {
             let i = match self.find_slot(e.key) {
@@ -802,7 +805,7 @@ impl EntityTable {
 
     /// Visits every entity; those for which `keep` returns false are removed. One pass over
     /// the slots with backward-shift deletion, so no tombstones are ever left.
-    pub fn retain(&mut self, mut keep: impl FnMut(&Entity) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(&EntityBlock) -> bool) {
         if self.len == 0 {
             return;
         }
@@ -828,7 +831,7 @@ impl EntityTable {
 
     /// Removes the entity at slot `i` and shifts later members of its probe run back.
     fn remove_at(&mut self, mut i: usize) {
-        let removed = std::mem::replace(&mut self.slots[i], Entity::empty());
+        let removed = std::mem::replace(&mut self.slots[i], EntityBlock::empty());
         if self.pool.len() < POOL_MAX && removed.cap > 0 && removed.cap <= POOL_CAP_MAX {
             self.pool.push((removed.block, removed.cap));
         }
@@ -854,13 +857,14 @@ impl EntityTable {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Entity> {
+    pub fn iter(&self) -> impl Iterator<Item = &EntityBlock> {
         self.slots.iter().filter(|e| e.key != 0)
     }
 
     /// Heap bytes: the slots plus every block.
     pub fn heap_bytes(&self) -> usize {
-        self.slots.len() * size_of::<Entity>() + self.iter().map(Entity::heap_bytes).sum::<usize>()
+        self.slots.len() * size_of::<EntityBlock>()
+            + self.iter().map(EntityBlock::heap_bytes).sum::<usize>()
     }
 }
 
@@ -936,7 +940,7 @@ mod tests {
     #[test]
     fn entity_columns_keep_aggregates_and_events_apart() {
         let layout = all_columns();
-        let mut e = Entity::new(7, &layout, None, 0);
+        let mut e = EntityBlock::new(7, &layout, None, 0);
         for ts in 0..10 {
             let n = e.len();
             e.insert(&layout, n, &ev(ts));
