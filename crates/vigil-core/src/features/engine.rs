@@ -35,6 +35,7 @@ use std::sync::Arc;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
+use super::labels::{Held, LabelIndex};
 use super::spec::{
     Agg, Attr, DistinctOut, Entity, FeatureKind, FeatureSpec, PrevOut, TooLatePolicy, TxFeature,
 };
@@ -261,171 +262,6 @@ struct Keys {
     tag: u32,
     /// Full transaction-id hash (label index).
     tx: u64,
-}
-
-/// Where a held transaction is, for applying its label later.
-#[derive(Debug, Clone, Copy)]
-struct Held {
-    ts: i64,
-    keys: [u64; 2],
-    tag: u32,
-}
-
-/// Transaction-id hash -> where the transaction is held, for labels. Split into generations by
-/// the watermark at insertion, so expired entries go a whole generation at a time instead of
-/// one random memory access per evicted event.
-///
-/// Every stored transaction is inserted, so at a million cards this is a random write into
-/// ~10M entries for every event. Each generation is therefore an append-only log of entries
-/// plus a small open-addressing index into it ([`HeldTable`]), whose slot for a hash is known
-/// before the insert: [`LabelIndex::prefetch`] starts that miss together with the entities'.
-#[derive(Debug, Default)]
-struct LabelIndex {
-    /// Oldest first: (generation number, largest held time in it, entries).
-    gens: std::collections::VecDeque<(i64, i64, HeldTable)>,
-    gen_ms: i64,
-}
-
-impl LabelIndex {
-    fn new(retention_ms: i64) -> LabelIndex {
-        LabelIndex {
-            gens: Default::default(),
-            gen_ms: (retention_ms / 8).max(1000),
-        }
-    }
-
-    fn insert(&mut self, watermark: i64, tx: u64, held: Held) {
-        let g = watermark.div_euclid(self.gen_ms);
-        if self.gens.back().is_none_or(|b| b.0 != g) {
-            // Sized like the previous generation: traffic is steady, and growing an index of a
-            // million entries by doubling would move every entry twice, each a cache miss.
-            let size = self.gens.back().map_or(0, |b| b.2.len() + b.2.len() / 8);
-            self.gens
-                .push_back((g, i64::MIN, HeldTable::with_capacity(size)));
-        }
-        if let Some(back) = self.gens.back_mut() {
-            back.1 = back.1.max(held.ts);
-            back.2.insert(tx, held);
-        }
-    }
-
-    /// Starts loading the index slot [`insert`](Self::insert) will probe first for `tx`.
-    #[inline]
-    fn prefetch(&self, tx: u64) {
-        if let Some(back) = self.gens.back() {
-            back.2.prefetch(tx);
-        }
-    }
-
-    /// The latest processed transaction with this id hash.
-    fn get(&self, tx: u64) -> Option<&Held> {
-        self.gens.iter().rev().find_map(|g| g.2.get(tx))
-    }
-
-    /// Drops generations whose every entry is at or before `horizon`.
-    fn expire(&mut self, horizon: i64) {
-        while self.gens.front().is_some_and(|g| g.1 <= horizon) && self.gens.len() > 1 {
-            self.gens.pop_front();
-        }
-        if self.gens.len() == 1 && self.gens[0].1 <= horizon {
-            self.gens.clear();
-        }
-    }
-
-    fn heap_bytes(&self) -> usize {
-        self.gens.iter().map(|g| g.2.heap_bytes()).sum()
-    }
-}
-
-/// One label-index generation: entries in insertion order, and a linear-probing index (at most
-/// half full) of 8-byte slots: the high 32 bits of the hash and 1 + the entry's position, 0 for
-/// an empty slot. Eight slots share a cache line, so a probe sequence rarely leaves the home
-/// line. A slot whose 32 bits match is confirmed against the entry's full hash.
-#[derive(Debug, Default)]
-struct HeldTable {
-    slots: Vec<u64>,
-    entries: Vec<(u64, Held)>,
-}
-
-impl HeldTable {
-    fn with_capacity(n: usize) -> HeldTable {
-        HeldTable {
-            slots: vec![0; (n * 2).next_power_of_two().max(64)],
-            entries: Vec::with_capacity(n),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * 8 + self.entries.capacity() * std::mem::size_of::<(u64, Held)>()
-    }
-
-    #[inline]
-    fn home(&self, tx: u64) -> usize {
-        // FxHash outputs: the well-mixed high bits are rotated down to the low ones already.
-        (tx as usize) & (self.slots.len() - 1)
-    }
-
-    #[inline]
-    fn prefetch(&self, tx: u64) {
-        if !self.slots.is_empty() {
-            super::table::prefetch(self.slots.as_ptr().wrapping_add(self.home(tx)).cast());
-        }
-    }
-
-    /// Index of the slot holding `tx`, or of the empty slot where it would go.
-    fn find(&self, tx: u64) -> usize {
-        let mask = self.slots.len() - 1;
-        let fp = tx >> 32;
-        let mut i = self.home(tx);
-        loop {
-            let s = self.slots[i];
-            if s == 0 || (s >> 32 == fp && self.entries[(s as u32 - 1) as usize].0 == tx) {
-                return i;
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    /// Inserts, or points an existing hash at the new entry (a reused id means its latest
-    /// transaction).
-    fn insert(&mut self, tx: u64, held: Held) {
-        if self.slots.is_empty() || (self.entries.len() + 1) * 2 > self.slots.len() {
-            self.grow();
-        }
-        let i = self.find(tx);
-        self.entries.push((tx, held));
-        // Generations hold an eighth of the retention; u32 positions are plenty.
-        let pos = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
-        self.slots[i] = (tx >> 32) << 32 | u64::from(pos);
-    }
-
-    fn get(&self, tx: u64) -> Option<&Held> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        match self.slots[self.find(tx)] {
-            0 => None,
-            s => self.entries.get((s as u32 - 1) as usize).map(|e| &e.1),
-        }
-    }
-
-    fn grow(&mut self) {
-        let cap = (self.slots.len() * 2).max(64);
-        let old = std::mem::replace(&mut self.slots, vec![0; cap]);
-        let mask = cap - 1;
-        for s in old.into_iter().filter(|&s| s != 0) {
-            let tx = self.entries[(s as u32 - 1) as usize].0;
-            let mut i = self.home(tx);
-            while self.slots[i] != 0 {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = s;
-        }
-    }
 }
 
 /// The per-entity sliding-window feature engine. One instance per stream (or per partition);
@@ -1602,14 +1438,6 @@ fn evict(st: &mut EntityBlock, layout: &Layout, horizon: i64) {
 mod tests {
     use super::*;
 
-    fn held(ts: i64) -> Held {
-        Held {
-            ts,
-            keys: [ts as u64, 0],
-            tag: 0,
-        }
-    }
-
     #[test]
     fn expired_prefix_is_the_partition_point() {
         for n in 0..70usize {
@@ -1623,41 +1451,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// The label index's table against a `HashMap` model: growth from empty, replaced ids,
-    /// hashes sharing their high 32 bits (the slots' fingerprint) or their home slot, and 0.
-    #[test]
-    fn held_table_matches_a_map() {
-        let mut table = HeldTable::with_capacity(0);
-        let mut model = std::collections::HashMap::new();
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut prev = 0u64;
-        for i in 0..20_000i64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            const HI: u64 = 0xFFFF_FFFF_0000_0000;
-            let tx = match i % 6 {
-                // The previous hash's fingerprint, another home slot.
-                0 => (prev & HI) | (x & 0xFFFF),
-                // The previous hash's fingerprint and home slot (the index has at most 2^16
-                // slots here), another hash.
-                1 => prev | (1 << 31),
-                // A reused id.
-                2 if i > 100 => *model.keys().next().expect("non-empty"),
-                3 if i == 3 => 0,
-                _ => x,
-            };
-            table.insert(tx, held(i));
-            model.insert(tx, i);
-            prev = tx;
-        }
-        assert_eq!(table.len(), 20_000);
-        assert!(table.slots.len() <= 1 << 16);
-        for (&tx, &ts) in &model {
-            assert_eq!(table.get(tx).map(|h| h.ts), Some(ts), "hash {tx:#x}");
-        }
-        assert!(table.get(0xDEAD_BEEF).is_none());
     }
 }

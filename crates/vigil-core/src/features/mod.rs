@@ -64,118 +64,20 @@
 //! spec reads are hashed (the transaction id only when there are risk features).
 
 mod engine;
+mod labels;
 mod spec;
 mod table;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::sync::Arc;
 
 pub use engine::{EngineStats, EventOutcome, FeatureEngine, LabelOutcome};
+pub use labels::LabelSchedule;
 pub use spec::{
     format_duration, parse_duration, Agg, Attr, DistinctOut, Entity, FeatureKind, FeatureSpec,
     PrevOut, SpecError, TooLatePolicy, TxFeature,
 };
 
-use crate::record::{LabelEvent, Transaction};
-
-/// Pending labels of a history, delivered when they become known.
-///
-/// A history row carries its own label; a live system would only learn it later (`label_time`,
-/// else `timestamp + label_latency`). Merging the labels back into the transaction stream at
-/// their `known_at` is what keeps offline features (training) equal to online ones (serving), so
-/// every caller that replays history should do it the same way: [`replay`] uses this, and so
-/// can an evaluator that drives a [`FeatureEngine`] itself.
-///
-/// Typical loop: for each transaction, first deliver [`due`](Self::due)`(tx.timestamp_ms)` to the
-/// engine, then process the transaction, then [`push`](Self::push) it; at the end deliver
-/// [`drain_all`](Self::drain_all).
-#[derive(Debug, Default)]
-pub struct LabelSchedule {
-    default_latency_ms: i64,
-    /// Min-heap on `(known_at, insertion order)`.
-    pending: BinaryHeap<Reverse<Pending>>,
-    pushed: u64,
-}
-
-/// A queued label, ordered by `(known_at, seq)`; `seq` makes ties deterministic (insertion order).
-#[derive(Debug)]
-struct Pending {
-    known_at_ms: i64,
-    seq: u64,
-    label: LabelEvent,
-}
-
-impl PartialEq for Pending {
-    fn eq(&self, other: &Self) -> bool {
-        (self.known_at_ms, self.seq) == (other.known_at_ms, other.seq)
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.known_at_ms, self.seq).cmp(&(other.known_at_ms, other.seq))
-    }
-}
-
-impl LabelSchedule {
-    /// An empty schedule; rows without `label_time` get `known_at = timestamp + default_latency_ms`.
-    pub fn new(default_latency_ms: i64) -> Self {
-        LabelSchedule {
-            default_latency_ms,
-            pending: BinaryHeap::new(),
-            pushed: 0,
-        }
-    }
-
-    /// Queues the label `tx` carries, if any.
-    pub fn push(&mut self, tx: &Transaction) {
-        if let Some(label) = tx.label_event(self.default_latency_ms) {
-            self.push_label(label);
-        }
-    }
-
-    /// Queues a label that arrived on its own (the live labels feed).
-    pub fn push_label(&mut self, label: LabelEvent) {
-        self.pending.push(Reverse(Pending {
-            known_at_ms: label.known_at_ms,
-            seq: self.pushed,
-            label,
-        }));
-        self.pushed += 1;
-    }
-
-    /// Removes and yields the labels known at or before `now_ms`, in `known_at` order (ties in
-    /// insertion order). Labels not consumed from the iterator stay queued.
-    pub fn due(&mut self, now_ms: i64) -> impl Iterator<Item = LabelEvent> + '_ {
-        std::iter::from_fn(move || {
-            if self.pending.peek()?.0.known_at_ms > now_ms {
-                return None;
-            }
-            self.pending.pop().map(|Reverse(p)| p.label)
-        })
-    }
-
-    /// Removes and yields everything still pending, in the same order as [`due`](Self::due).
-    pub fn drain_all(&mut self) -> impl Iterator<Item = LabelEvent> + '_ {
-        self.due(i64::MAX)
-    }
-
-    /// Number of labels still pending.
-    pub fn len(&self) -> usize {
-        self.pending.len()
-    }
-
-    /// Whether no label is pending.
-    pub fn is_empty(&self) -> bool {
-        self.pending.is_empty()
-    }
-}
+use crate::record::Transaction;
 
 /// Batch path: replays `txs` (already in the order to process them: normally sorted by time)
 /// through [`FeatureEngine::process`], delivering each transaction's label (from its `label` and
@@ -274,60 +176,4 @@ pub fn replay_sharded(
         total.watermark_ms = total.watermark_ms.max(s.watermark_ms);
     }
     total
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn tx(id: &str, ts: i64, label: Option<bool>, label_time: Option<i64>) -> Transaction {
-        Transaction {
-            transaction_id: id.to_string(),
-            timestamp_ms: ts,
-            card_id: "c".to_string(),
-            merchant_id: "m".to_string(),
-            amount: 1.0,
-            label,
-            label_time_ms: label_time,
-            currency: None,
-            mcc: None,
-            country: None,
-            channel: None,
-            lat: None,
-            lon: None,
-        }
-    }
-
-    fn ids(it: impl Iterator<Item = LabelEvent>) -> Vec<String> {
-        it.map(|l| l.transaction_id).collect()
-    }
-
-    #[test]
-    fn label_schedule_orders_by_known_at_then_insertion() {
-        let mut s = LabelSchedule::new(100);
-        s.push(&tx("a", 0, Some(true), None)); // known 100
-        s.push(&tx("b", 10, Some(false), Some(50))); // known 50
-        s.push(&tx("c", 20, None, None)); // unlabelled: not queued
-        s.push(&tx("d", 30, Some(true), Some(100))); // known 100, after "a"
-        s.push(&tx("e", 40, Some(true), None)); // known 140
-        assert_eq!(s.len(), 4);
-        assert!(ids(s.due(49)).is_empty());
-        assert_eq!(ids(s.due(50)), ["b"]);
-        assert_eq!(ids(s.due(100)), ["a", "d"]);
-        let rest: Vec<LabelEvent> = s.drain_all().collect();
-        assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].transaction_id, "e");
-        assert_eq!(rest[0].known_at_ms, 140);
-        assert!(rest[0].fraud);
-        assert!(s.is_empty());
-    }
-
-    #[test]
-    fn label_schedule_keeps_unconsumed_labels() {
-        let mut s = LabelSchedule::new(0);
-        s.push(&tx("a", 1, Some(true), None));
-        s.push(&tx("b", 2, Some(true), None));
-        assert_eq!(s.due(5).next().map(|l| l.transaction_id), Some("a".into()));
-        assert_eq!(ids(s.drain_all()), ["b"]);
-    }
 }
