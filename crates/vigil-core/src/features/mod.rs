@@ -65,8 +65,10 @@
 
 mod engine;
 mod labels;
+mod plan;
 mod spec;
 mod table;
+mod window;
 
 use std::sync::Arc;
 
