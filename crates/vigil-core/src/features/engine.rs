@@ -44,7 +44,7 @@ use serde::Serialize;
 use super::labels::{Held, LabelIndex};
 use super::plan::{self, Source, TableCfg};
 use super::spec::{Attr, Entity, FeatureSpec, PrevOut, TooLatePolicy, TxFeature};
-use super::table::{key_of_hash, EntityBlock, EntityTable, Ev, Events, Layout, NO_LABEL};
+use super::table::{key_of_hash, EntityMut, EntityTable, Ev, Events, Layout, NO_LABEL};
 use super::window::{advance, on_insert, write_tx, Ctx, Run};
 use crate::record::{LabelEvent, Transaction};
 
@@ -333,7 +333,7 @@ impl FeatureEngine {
             // Nothing held at that time (the usual answer, without touching the events).
             return false;
         }
-        let (times, tags) = st.times_and_tags(table.map.layout());
+        let (times, tags) = st.times_and_tags();
         let a = times.partition_point(|&x| x < t);
         let b = times.partition_point(|&x| x <= t);
         tags[a..b].contains(&keys.tag)
@@ -394,10 +394,10 @@ impl FeatureEngine {
         let in_order = place.outcome == EventOutcome::InOrder;
         for table in &mut self.tables {
             let Table { cfg, map } = table;
-            let (st, layout) = map.get_or_insert(keys.entity[cfg.entity as usize]);
+            let mut st = map.get_or_insert(keys.entity[cfg.entity as usize]);
             if in_order {
                 let t_run = st.t_run;
-                let (wins, risks, events) = st.parts_mut(layout);
+                let (wins, risks, events) = st.parts_mut();
                 advance(&events, t_run, wins, risks, cfg, t);
                 Ctx {
                     cfg,
@@ -414,14 +414,14 @@ impl FeatureEngine {
                     retention_ms,
                 }
                 .write(out);
-                st.t_run = t;
-                evict(st, layout, horizon);
-                let (wins, risks) = st.aggs_mut(layout);
+                st.set_t_run(t);
+                evict(&mut st, horizon);
+                let (wins, risks) = st.aggs_mut();
                 on_insert(wins, risks, cfg, t, &cur);
                 let p = st.len();
-                st.insert(layout, p, &cur);
+                st.insert(p, &cur);
             } else {
-                let events = st.events(layout);
+                let events = st.events();
                 let p = events.ts.partition_point(|&x| x <= t);
                 Ctx {
                     cfg,
@@ -435,9 +435,9 @@ impl FeatureEngine {
                 }
                 .write(out);
                 let t_run = st.t_run;
-                let (wins, risks) = st.aggs_mut(layout);
+                let (wins, risks) = st.aggs_mut();
                 on_insert(wins, risks, cfg, t_run, &cur);
-                st.insert(layout, p, &cur);
+                st.insert(p, &cur);
             }
         }
         if let Some(labels) = self.labels.as_mut() {
@@ -510,7 +510,7 @@ impl FeatureEngine {
     fn prefetch_blocks(&self, keys: &Keys) {
         for table in &self.tables {
             if let Some(st) = table.map.get(keys.entity[table.cfg.entity as usize]) {
-                st.prefetch_front_matter(table.map.layout());
+                st.prefetch_front_matter();
             }
         }
     }
@@ -519,25 +519,24 @@ impl FeatureEngine {
     fn prefetch_edges(&self, keys: &Keys, ts: i64) {
         for table in &self.tables {
             let cfg = &table.cfg;
-            let layout = table.map.layout();
             let Some(st) = table.map.get(keys.entity[cfg.entity as usize]) else {
                 continue;
             };
             if st.t_run == i64::MIN {
                 continue;
             }
-            let (wins, risks, _) = st.parts(layout);
+            let (wins, risks, _) = st.parts();
             for (w, &len) in wins.iter().zip(&cfg.win_lens) {
                 if w.exit_ts <= ts - len {
-                    st.prefetch_event(layout, w.start as usize);
+                    st.prefetch_event(w.start as usize);
                 }
             }
             for (r, &(len, delay)) in risks.iter().zip(&cfg.risk_params) {
                 if r.hi_ts <= ts - delay {
-                    st.prefetch_event(layout, r.hi as usize);
+                    st.prefetch_event(r.hi as usize);
                 }
                 if r.lo_ts <= ts - delay - len {
-                    st.prefetch_event(layout, r.lo as usize);
+                    st.prefetch_event(r.lo as usize);
                 }
             }
         }
@@ -583,7 +582,7 @@ impl FeatureEngine {
                 .write(out);
                 continue;
             };
-            let (run_wins, run_risks, events) = st.parts(table.map.layout());
+            let (run_wins, run_risks, events) = st.parts();
             let st = Some(st);
             let fast = !duplicate
                 && st.is_some_and(|st| st.t_run != i64::MIN)
@@ -643,10 +642,10 @@ impl FeatureEngine {
                 if cfg.risk_params.is_empty() {
                     continue;
                 }
-                let Some((st, layout)) = table.map.get_mut(held.keys[cfg.entity as usize]) else {
+                let Some(mut st) = table.map.get_mut(held.keys[cfg.entity as usize]) else {
                     continue;
                 };
-                let events = st.events(layout);
+                let events = st.events();
                 let a = events.ts.partition_point(|&x| x < held.ts);
                 let b = events.ts.partition_point(|&x| x <= held.ts);
                 // The last one: with a reused id, the index points at the latest transaction.
@@ -654,9 +653,9 @@ impl FeatureEngine {
                     continue;
                 };
                 let was = events.fraud(i);
-                st.set_label(layout, i, label.fraud, label.known_at_ms);
+                st.set_label(i, label.fraud, label.known_at_ms);
                 if st.t_run != i64::MIN {
-                    let (_, risks) = st.aggs_mut(layout);
+                    let (_, risks) = st.aggs_mut();
                     for r in risks.iter_mut() {
                         if (r.lo as usize..r.hi as usize).contains(&i) {
                             r.fraud = r.fraud + u32::from(label.fraud) - u32::from(was);
@@ -731,21 +730,21 @@ fn expired_prefix(times: &[i64], horizon: i64) -> usize {
 
 /// Drops the entity's events at or before `horizon` and shifts the running aggregates' indices.
 /// Called on the in-order path after [`advance`], so no window still points into them.
-fn evict(st: &mut EntityBlock, layout: &Layout, horizon: i64) {
+fn evict(st: &mut EntityMut<'_>, horizon: i64) {
     if st.front_ts > horizon {
         return;
     }
-    let k = expired_prefix(st.times(layout), horizon);
+    let k = expired_prefix(st.times(), horizon);
     if k == 0 {
         return;
     }
     let k32 = k as u32;
-    let (wins, risks) = st.aggs_mut(layout);
+    let (wins, risks) = st.aggs_mut();
     let inside = wins.iter().any(|w| w.start < k32) || risks.iter().any(|r| r.lo < k32);
     if inside {
         // Cannot happen after `advance` to a time whose windows all start after the horizon;
         // rebuilding on the next event is the safe answer if it ever did.
-        st.t_run = i64::MIN;
+        st.set_t_run(i64::MIN);
     } else {
         for w in wins.iter_mut() {
             w.start -= k32;
@@ -755,7 +754,7 @@ fn evict(st: &mut EntityBlock, layout: &Layout, horizon: i64) {
             r.hi -= k32;
         }
     }
-    st.drop_front(layout, k);
+    st.drop_front(k);
 }
 
 #[cfg(test)]
