@@ -103,6 +103,34 @@ pub struct EngineStats {
     pub watermark_ms: Option<i64>,
 }
 
+/// Stats of engines that split one stream between them (a scorer's partitions, a sharded
+/// replay): counters and sizes add up, and the watermark is the latest of theirs.
+impl std::ops::AddAssign<&EngineStats> for EngineStats {
+    fn add_assign(&mut self, s: &EngineStats) {
+        self.events_in_order += s.events_in_order;
+        self.events_late += s.events_late;
+        self.events_too_late += s.events_too_late;
+        self.events_duplicate += s.events_duplicate;
+        self.labels_applied += s.labels_applied;
+        self.labels_ignored += s.labels_ignored;
+        self.labels_unused += s.labels_unused;
+        self.entities += s.entities;
+        self.events_held += s.events_held;
+        self.state_bytes += s.state_bytes;
+        self.watermark_ms = self.watermark_ms.max(s.watermark_ms);
+    }
+}
+
+/// The total of several engines' stats, as [`AddAssign`](std::ops::AddAssign) adds them.
+impl std::iter::Sum for EngineStats {
+    fn sum<I: Iterator<Item = EngineStats>>(iter: I) -> EngineStats {
+        iter.fold(EngineStats::default(), |mut total, s| {
+            total += &s;
+            total
+        })
+    }
+}
+
 #[derive(Debug)]
 struct Table {
     cfg: TableCfg,

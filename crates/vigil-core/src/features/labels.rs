@@ -13,8 +13,9 @@ use crate::record::{LabelEvent, Transaction};
 /// A history row carries its own label; a live system would only learn it later (`label_time`,
 /// else `timestamp + label_latency`). Merging the labels back into the transaction stream at
 /// their `known_at` is what keeps offline features (training) equal to online ones (serving), so
-/// every caller that replays history should do it the same way: [`replay`](super::replay) uses
-/// this, and so can an evaluator that drives a [`FeatureEngine`](super::FeatureEngine) itself.
+/// every caller that replays history should do it the same way. [`Shard`](super::Shard) runs
+/// the loop below around a [`FeatureEngine`](super::FeatureEngine) (and [`replay`](super::replay)
+/// runs shards): use it rather than writing the loop again.
 ///
 /// Typical loop: for each transaction, first deliver [`due`](Self::due)`(tx.timestamp_ms)` to the
 /// engine, then process the transaction, then [`push`](Self::push) it; at the end deliver

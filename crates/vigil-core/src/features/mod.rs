@@ -1,10 +1,10 @@
 //! Per-card and per-merchant sliding-window features in event time.
 //!
 //! One implementation serves both the trainer (which [`replay`]s history) and the live scorer
-//! (which calls [`FeatureEngine::process`] one event at a time), so a model is served exactly the
-//! features it was trained on. The features themselves are declared in a TOML [`FeatureSpec`]
-//! (`training/features.toml` is the default); this module does no I/O besides
-//! [`FeatureSpec::load`] and knows nothing of CSV, Kafka or gRPC.
+//! (which feeds a [`Shard`] one event at a time), so a model is served exactly the features it was
+//! trained on. The features themselves are declared in a TOML [`FeatureSpec`]
+//! (`training/features.toml` is the default); this module does no I/O besides [`FeatureSpec::load`]
+//! and knows nothing of CSV, Kafka or gRPC.
 //!
 //! # Semantics (the contract the tests check against a brute-force implementation)
 //!
@@ -66,6 +66,7 @@
 mod engine;
 mod labels;
 mod plan;
+mod shard;
 mod spec;
 mod table;
 mod window;
@@ -74,6 +75,7 @@ use std::sync::Arc;
 
 pub use engine::{EngineStats, EventOutcome, FeatureEngine, LabelOutcome};
 pub use labels::LabelSchedule;
+pub use shard::Shard;
 pub use spec::{
     format_duration, parse_duration, Agg, Attr, DistinctOut, Entity, FeatureKind, FeatureSpec,
     PrevOut, SpecError, TooLatePolicy, TxFeature,
@@ -82,56 +84,41 @@ pub use spec::{
 use crate::record::Transaction;
 
 /// Batch path: replays `txs` (already in the order to process them: normally sorted by time)
-/// through [`FeatureEngine::process`], delivering each transaction's label (from its `label` and
-/// `label_time`, else `timestamp + label_latency`) right before the first later transaction whose
-/// timestamp is at or after the label's `known_at` (see [`LabelSchedule`]). Calls
-/// `on_row(i, features)` for every transaction, in order. Labels still pending after the last
-/// transaction are delivered at the end, so the returned stats count them.
+/// through one [`Shard::replaying`], i.e. [`FeatureEngine::process`] with each transaction's label
+/// (from its `label` and `label_time`, else `timestamp + label_latency`) delivered right before
+/// the first later transaction whose timestamp is at or after the label's `known_at` (see
+/// [`LabelSchedule`]). Calls `on_row(i, features)` for every transaction, in order. Labels still
+/// pending after the last transaction are delivered at the end, so the returned stats count
+/// them.
 pub fn replay(
     spec: &Arc<FeatureSpec>,
     txs: &[Transaction],
     mut on_row: impl FnMut(usize, &[f32]),
 ) -> EngineStats {
-    /// Transactions per [`FeatureEngine::process_batch`] call.
+    /// Transactions per [`Shard::process_batch`] call.
     const CHUNK: usize = 4096;
-    let mut engine = FeatureEngine::new(Arc::clone(spec));
+    let mut shard = Shard::replaying(Arc::clone(spec));
     let nf = spec.n_features();
     let mut rows = vec![0.0f32; CHUNK * nf];
     let mut outcomes = vec![EventOutcome::InOrder; CHUNK];
-    let mut labels = LabelSchedule::new(spec.label_latency_ms());
     for (c, chunk) in txs.chunks(CHUNK).enumerate() {
         let rows = &mut rows[..chunk.len() * nf];
         let outcomes = &mut outcomes[..chunk.len()];
-        engine.process_batch(chunk, rows, outcomes, |engine, i| {
-            // Exactly the one-at-a-time loop: the previous transaction's label is queued after
-            // it was processed, then the labels known by this one's time are delivered.
-            if i > 0 {
-                labels.push(&chunk[i - 1]);
-            }
-            for label in labels.due(chunk[i].timestamp_ms) {
-                engine.observe_label(&label);
-            }
-        });
-        if let Some(last) = chunk.last() {
-            labels.push(last);
-        }
+        shard.process_batch(chunk, rows, outcomes);
         for (i, row) in rows.chunks(nf.max(1)).enumerate().take(chunk.len()) {
             on_row(c * CHUNK + i, row);
         }
     }
-    for label in labels.drain_all() {
-        engine.observe_label(&label);
-    }
-    engine.stats()
+    shard.finish()
 }
 
-/// [`replay`] with window state split into `shards` independent engines, as a scorer that keeps
-/// state per partition holds it: transaction `i` goes to engine `shard_of(&txs[i])` (which must
-/// be below `shards`), and each engine sees its own transactions in the given order and their
-/// labels, exactly the one-at-a-time loop [`replay`] runs. Card windows are the same whatever
-/// the split (a card lives in one shard); merchant windows see the merchant's transactions within
-/// the shard. `shards <= 1` is [`replay`]. Returns the engines' stats summed (the watermark is
-/// the latest of them).
+/// [`replay`] with window state split into `shards` independent [`Shard`]s, as a scorer that
+/// keeps state per partition holds it: transaction `i` goes to shard `shard_of(&txs[i])` (which
+/// must be below `shards`; larger values go to the last one), and each shard sees its own
+/// transactions in the given order and their labels, exactly the one-at-a-time loop [`replay`]
+/// runs. Card windows are the same whatever the split (a card lives in one shard); merchant
+/// windows see the merchant's transactions within the shard. `shards <= 1` is [`replay`].
+/// Returns the shards' stats summed (the watermark is the latest of them).
 pub fn replay_sharded(
     spec: &Arc<FeatureSpec>,
     txs: &[Transaction],
@@ -142,40 +129,13 @@ pub fn replay_sharded(
     if shards <= 1 {
         return replay(spec, txs, on_row);
     }
-    let mut engines: Vec<FeatureEngine> = (0..shards)
-        .map(|_| FeatureEngine::new(Arc::clone(spec)))
-        .collect();
-    let mut labels: Vec<LabelSchedule> = (0..shards)
-        .map(|_| LabelSchedule::new(spec.label_latency_ms()))
+    let mut parts: Vec<Shard> = (0..shards)
+        .map(|_| Shard::replaying(Arc::clone(spec)))
         .collect();
     let mut row = vec![0.0f32; spec.n_features()];
     for (i, tx) in txs.iter().enumerate() {
-        let s = shard_of(tx).min(shards - 1);
-        let (engine, schedule) = (&mut engines[s], &mut labels[s]);
-        for label in schedule.due(tx.timestamp_ms) {
-            engine.observe_label(&label);
-        }
-        engine.process(tx, &mut row);
-        schedule.push(tx);
+        parts[shard_of(tx).min(shards - 1)].process(tx, &mut row);
         on_row(i, &row);
     }
-    let mut total = EngineStats::default();
-    for (engine, schedule) in engines.iter_mut().zip(&mut labels) {
-        for label in schedule.drain_all() {
-            engine.observe_label(&label);
-        }
-        let s = engine.stats();
-        total.events_in_order += s.events_in_order;
-        total.events_late += s.events_late;
-        total.events_too_late += s.events_too_late;
-        total.events_duplicate += s.events_duplicate;
-        total.labels_applied += s.labels_applied;
-        total.labels_ignored += s.labels_ignored;
-        total.labels_unused += s.labels_unused;
-        total.entities += s.entities;
-        total.events_held += s.events_held;
-        total.state_bytes += s.state_bytes;
-        total.watermark_ms = total.watermark_ms.max(s.watermark_ms);
-    }
-    total
+    parts.iter_mut().map(Shard::finish).sum()
 }

@@ -349,10 +349,10 @@ impl RowsView {
                 0
             }
         };
-        // SAFETY: the offsets come from the same layout and capacity the block was built
-        // with (contract); every stored column holds `cap >= rows = h + n` values, so `[h, h + n)` is
-        // inside; `part` starts at `base`, before every column; offsets of 8-byte columns are
-        // multiples of 8 and of 4-byte ones multiples of 4 (and `base` is a multiple of 8).
+        // SAFETY: the offsets come from the same layout and capacity the block was built with
+        // (contract); every stored column holds `cap >= rows = h + n` values, so `[h, h + n)`
+        // is inside; `part` starts at `base`, before every column; offsets of 8-byte columns
+        // are multiples of 8 and of 4-byte ones multiples of 4 (and `base` is a multiple of 8).
         unsafe {
             Events {
                 ts: col::<i64>(part, at(o.ts, 8, true), n),
@@ -762,7 +762,8 @@ pub(super) struct EntityRef<'a> {
 }
 
 /// An entity of a table, mutable, together with that table's [`Layout`] (see [`EntityRef`]).
-/// Derefs (read-only) to the [`EntityBlock`]; its only field to set is [`set_t_run`](Self::set_t_run).
+/// Derefs (read-only) to the [`EntityBlock`]; its only field to set is
+/// [`set_t_run`](Self::set_t_run).
 pub(super) struct EntityMut<'a> {
     block: &'a mut EntityBlock,
     layout: &'a Layout,
