@@ -377,11 +377,11 @@ impl FeatureEngine {
         let keys = self.keys(tx);
         // With a large state, the batch path's prefetch stages run back to back for this one
         // event: each stage waits for the previous one's lines, but the card's and the
-        // merchant's chains of cache misses overlap instead of following each other. Measured
-        // (`examples/features_profile.rs`, default spec, alternating runs): 10k cards 1.01-1.05
-        // -> 0.86-0.92 us, 1M cards 3.85-4.08 -> 3.08-3.18 us. With a state that stays in cache
-        // (the 800-card sample of the `scorer` bench), the stages' extra lookups cost 5-10 %
-        // instead, hence the threshold.
+        // merchant's chains of cache misses overlap instead of following each other, which is
+        // faster from ten thousand cards up. With a state that stays in cache (the 800-card
+        // sample of the `scorer` bench) the stages' extra lookups cost more than they save,
+        // hence the threshold (BENCHMARKS.md, "Figures moved from code comments
+        // (vigil-core)").
         if self.tables.iter().map(|t| t.map.len()).sum::<usize>() >= PREFETCH_MIN_ENTITIES {
             self.prefetch_slots(&keys);
             self.prefetch_blocks(&keys);
@@ -719,7 +719,7 @@ impl FeatureEngine {
         self.next_sweep = self.watermark.saturating_add(every);
     }
 
-    /// Counters plus the current population. Walks every entity (O(entities), a few ms at a
+    /// Counters plus the current population. Walks every entity (O(entities), milliseconds at a
     /// million cards): call it for monitoring, not per event.
     pub fn stats(&self) -> EngineStats {
         let label_bytes = self.labels.as_ref().map_or(0, LabelIndex::heap_bytes);
@@ -745,7 +745,8 @@ impl FeatureEngine {
 /// Number of leading `times` at or before `horizon`, by galloping from the front: usually one or
 /// two events expired since the entity's previous event, and a binary search over a busy
 /// merchant's 30 days of times would be a chain of ~11 dependent cache misses at a million
-/// cards (15 % of a batch run's time, measured), where this reads the front line or two.
+/// cards (a measurable share of a batch run, see BENCHMARKS.md), where this reads the front line
+/// or two.
 fn expired_prefix(times: &[i64], horizon: i64) -> usize {
     let mut hi = 1;
     while hi < times.len() && times[hi - 1] <= horizon {

@@ -3,9 +3,10 @@
 //!
 //! # Why this layout
 //!
-//! At a million cards, nearly every event's state is a cache miss, and on the shared VMs this
-//! runs on a miss costs 200-350 ns, so what sets the speed is how many cache lines an event
-//! touches and how many of those loads depend on each other:
+//! At a million cards, nearly every event's state is a cache miss, and a miss costs far more
+//! than the arithmetic of an event (BENCHMARKS.md, "Figures moved from code comments
+//! (vigil-core)"), so what sets the speed is how many cache lines an event touches and how many
+//! of those loads depend on each other:
 //!
 //! 1. The [`EntityBlock`] (64 bytes, one cache line) sits directly in the table, at the slot
 //!    the key hashes to (linear probing at most half full, so it is nearly always the home

@@ -19,7 +19,8 @@ impl Transaction {
 }
 
 // Both are deserialized by hand rather than as `#[serde(untagged)]` enums, which buffer every
-// value and try each variant in turn: on the Kafka path that was a fifth of decoding a record.
+// value and try each variant in turn: on the Kafka path that was a large share of decoding a
+// record (BENCHMARKS.md, "Figures moved from code comments (vigil-core)").
 
 impl<'de> Deserialize<'de> for RawTimestamp {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
