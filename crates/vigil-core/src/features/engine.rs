@@ -1,6 +1,12 @@
 //! The event-time window engine. See the [module documentation](super) for the exact semantics;
 //! this file is about how they are computed fast.
 //!
+//! Files: this one places events (watermark, lateness, duplicates, eviction, labels applied to
+//! held events, prefetching); `plan.rs` resolves the spec into what each entity table computes;
+//! `window.rs` computes the feature values from an entity's state and keeps its running
+//! aggregates positioned; `table.rs` stores that state; `labels.rs` finds the transaction a label
+//! names.
+//!
 //! Layout: one [`Table`] per entity kind used in the spec (card, merchant), each an
 //! [`EntityTable`] from the 64-bit hash of the entity id to an entity whose single heap block
 //! holds the running aggregates of every window length and every risk (length, delay) pair of
@@ -35,21 +41,15 @@ use std::sync::Arc;
 use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
-use super::spec::{
-    Agg, Attr, DistinctOut, Entity, FeatureKind, FeatureSpec, PrevOut, TooLatePolicy, TxFeature,
-};
-use super::table::{
-    key_of_hash, Columns, Entity as EntityState, EntityTable, Ev, Events, Layout, RunRisk, RunWin,
-    NO_LABEL,
-};
-use crate::record::{Channel, LabelEvent, Transaction};
+use super::labels::{Held, LabelIndex};
+use super::plan::{self, Source, TableCfg};
+use super::spec::{Attr, Entity, FeatureSpec, PrevOut, TooLatePolicy, TxFeature};
+use super::table::{key_of_hash, EntityMut, EntityTable, Ev, Events, Layout, NO_LABEL};
+use super::window::{advance, on_insert, write_tx, Ctx, Run};
+use crate::record::{LabelEvent, Transaction};
 
-const HOUR_MS: i64 = 3_600_000;
-const DAY_MS: i64 = 24 * HOUR_MS;
 /// Amounts are stored as `f32`; anything above this saturates so sums of squares stay finite.
 const AMOUNT_CAP: f64 = 1e12;
-/// Mean Earth radius (IUGG), km.
-const EARTH_RADIUS_KM: f64 = 6371.0088;
 
 /// How [`FeatureEngine::process`] placed an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -103,144 +103,31 @@ pub struct EngineStats {
     pub watermark_ms: Option<i64>,
 }
 
-/// Window-aggregate inputs: count, sum, sum of squares, max.
-#[derive(Debug, Clone, Copy, Default)]
-struct Stats {
-    n: u32,
-    sum: f64,
-    sumsq: f64,
-    max: f32,
-}
-
-impl Stats {
-    #[inline]
-    fn add(&mut self, a: f32) {
-        let x = f64::from(a);
-        self.max = if self.n == 0 { a } else { self.max.max(a) };
-        self.n += 1;
-        self.sum += x;
-        self.sumsq += x * x;
+/// Stats of engines that split one stream between them (a scorer's partitions, a sharded
+/// replay): counters and sizes add up, and the watermark is the latest of theirs.
+impl std::ops::AddAssign<&EngineStats> for EngineStats {
+    fn add_assign(&mut self, s: &EngineStats) {
+        self.events_in_order += s.events_in_order;
+        self.events_late += s.events_late;
+        self.events_too_late += s.events_too_late;
+        self.events_duplicate += s.events_duplicate;
+        self.labels_applied += s.labels_applied;
+        self.labels_ignored += s.labels_ignored;
+        self.labels_unused += s.labels_unused;
+        self.entities += s.entities;
+        self.events_held += s.events_held;
+        self.state_bytes += s.state_bytes;
+        self.watermark_ms = self.watermark_ms.max(s.watermark_ms);
     }
 }
 
-/// One entity-bound output column, resolved to the table's running-aggregate indices.
-#[derive(Debug, Clone, Copy)]
-enum Slot {
-    Win {
-        w: usize,
-        agg: Agg,
-        incl: bool,
-    },
-    Distinct {
-        w: usize,
-        of: Attr,
-        incl: bool,
-        out: DistinctOut,
-    },
-    Prev(PrevOut),
-    Risk {
-        r: usize,
-        count: bool,
-    },
-}
-
-/// What a table computes: fixed at construction.
-#[derive(Debug)]
-struct TableCfg {
-    entity: Entity,
-    /// Distinct window lengths of this entity's `Win` and `Distinct` slots (one running
-    /// aggregate each; distinct counts only use its start).
-    win_lens: Vec<i64>,
-    /// Per window length: whether a feature reads its max (otherwise it is not maintained).
-    win_max: Vec<bool>,
-    /// Distinct (length, delay) pairs of this entity's `Risk` slots.
-    risk_params: Vec<(i64, i64)>,
-    /// (output column, slot), in column order: what the spec declares.
-    slots: Vec<(usize, Slot)>,
-    /// The `Win` slots grouped by (window, include_current), so each group's statistics are
-    /// computed once per event.
-    win_groups: Vec<WinGroup>,
-    /// The other slots (distinct, previous, risk).
-    other_slots: Vec<(usize, Slot)>,
-    /// Whether any slot reads the previous event / the previous located event.
-    needs_prev: bool,
-    needs_prev_located: bool,
-}
-
-/// Window aggregates of one (window, include_current) pair and the columns they fill.
-#[derive(Debug)]
-struct WinGroup {
-    w: usize,
-    incl: bool,
-    need_mean: bool,
-    need_std: bool,
-    outs: Vec<(usize, Agg)>,
-}
-
-impl TableCfg {
-    /// The per-event columns this table's features read (plus the transaction tag where
-    /// duplicates or labels look for it).
-    fn columns(&self, dedup: bool) -> Columns {
-        let mut c = Columns {
-            tag: dedup,
-            ..Columns::default()
-        };
-        if !self.risk_params.is_empty() {
-            c.known_at = true;
-            c.bits = true;
-            c.tag = true;
-        }
-        for &(_, slot) in &self.slots {
-            match slot {
-                Slot::Distinct { of: Attr::Mcc, .. } => c.bits = true,
-                Slot::Distinct { of, .. } => c.attrs[of.index()] = true,
-                Slot::Prev(PrevOut::KmhSince) => c.loc = true,
-                Slot::Prev(PrevOut::CountryChanged) => c.attrs[Attr::Country.index()] = true,
-                Slot::Prev(PrevOut::MerchantChanged) => c.attrs[Attr::Merchant.index()] = true,
-                _ => {}
-            }
-        }
-        c
-    }
-
-    fn finish(&mut self) {
-        self.win_max = vec![false; self.win_lens.len()];
-        for &(col, slot) in &self.slots {
-            match slot {
-                Slot::Win { w, agg, incl } => {
-                    if agg == Agg::Max {
-                        self.win_max[w] = true;
-                    }
-                    let g = match self
-                        .win_groups
-                        .iter()
-                        .position(|g| g.w == w && g.incl == incl)
-                    {
-                        Some(g) => g,
-                        None => {
-                            self.win_groups.push(WinGroup {
-                                w,
-                                incl,
-                                need_mean: false,
-                                need_std: false,
-                                outs: Vec::new(),
-                            });
-                            self.win_groups.len() - 1
-                        }
-                    };
-                    let g = &mut self.win_groups[g];
-                    g.need_mean |= matches!(agg, Agg::Mean | Agg::Std | Agg::AmountToMean);
-                    g.need_std |= agg == Agg::Std;
-                    g.outs.push((col, agg));
-                }
-                Slot::Prev(out) => {
-                    self.needs_prev = true;
-                    self.needs_prev_located |= out == PrevOut::KmhSince;
-                    self.other_slots.push((col, slot));
-                }
-                Slot::Distinct { .. } | Slot::Risk { .. } => self.other_slots.push((col, slot)),
-            }
-        }
+/// The total of several engines' stats, as [`AddAssign`](std::ops::AddAssign) adds them.
+impl std::iter::Sum for EngineStats {
+    fn sum<I: Iterator<Item = EngineStats>>(iter: I) -> EngineStats {
+        iter.fold(EngineStats::default(), |mut total, s| {
+            total += &s;
+            total
+        })
     }
 }
 
@@ -261,171 +148,6 @@ struct Keys {
     tx: u64,
 }
 
-/// Where a held transaction is, for applying its label later.
-#[derive(Debug, Clone, Copy)]
-struct Held {
-    ts: i64,
-    keys: [u64; 2],
-    tag: u32,
-}
-
-/// Transaction-id hash -> where the transaction is held, for labels. Split into generations by
-/// the watermark at insertion, so expired entries go a whole generation at a time instead of
-/// one random memory access per evicted event.
-///
-/// Every stored transaction is inserted, so at a million cards this is a random write into
-/// ~10M entries for every event. Each generation is therefore an append-only log of entries
-/// plus a small open-addressing index into it ([`HeldTable`]), whose slot for a hash is known
-/// before the insert: [`LabelIndex::prefetch`] starts that miss together with the entities'.
-#[derive(Debug, Default)]
-struct LabelIndex {
-    /// Oldest first: (generation number, largest held time in it, entries).
-    gens: std::collections::VecDeque<(i64, i64, HeldTable)>,
-    gen_ms: i64,
-}
-
-impl LabelIndex {
-    fn new(retention_ms: i64) -> LabelIndex {
-        LabelIndex {
-            gens: Default::default(),
-            gen_ms: (retention_ms / 8).max(1000),
-        }
-    }
-
-    fn insert(&mut self, watermark: i64, tx: u64, held: Held) {
-        let g = watermark.div_euclid(self.gen_ms);
-        if self.gens.back().is_none_or(|b| b.0 != g) {
-            // Sized like the previous generation: traffic is steady, and growing an index of a
-            // million entries by doubling would move every entry twice, each a cache miss.
-            let size = self.gens.back().map_or(0, |b| b.2.len() + b.2.len() / 8);
-            self.gens
-                .push_back((g, i64::MIN, HeldTable::with_capacity(size)));
-        }
-        if let Some(back) = self.gens.back_mut() {
-            back.1 = back.1.max(held.ts);
-            back.2.insert(tx, held);
-        }
-    }
-
-    /// Starts loading the index slot [`insert`](Self::insert) will probe first for `tx`.
-    #[inline]
-    fn prefetch(&self, tx: u64) {
-        if let Some(back) = self.gens.back() {
-            back.2.prefetch(tx);
-        }
-    }
-
-    /// The latest processed transaction with this id hash.
-    fn get(&self, tx: u64) -> Option<&Held> {
-        self.gens.iter().rev().find_map(|g| g.2.get(tx))
-    }
-
-    /// Drops generations whose every entry is at or before `horizon`.
-    fn expire(&mut self, horizon: i64) {
-        while self.gens.front().is_some_and(|g| g.1 <= horizon) && self.gens.len() > 1 {
-            self.gens.pop_front();
-        }
-        if self.gens.len() == 1 && self.gens[0].1 <= horizon {
-            self.gens.clear();
-        }
-    }
-
-    fn heap_bytes(&self) -> usize {
-        self.gens.iter().map(|g| g.2.heap_bytes()).sum()
-    }
-}
-
-/// One label-index generation: entries in insertion order, and a linear-probing index (at most
-/// half full) of 8-byte slots: the high 32 bits of the hash and 1 + the entry's position, 0 for
-/// an empty slot. Eight slots share a cache line, so a probe sequence rarely leaves the home
-/// line. A slot whose 32 bits match is confirmed against the entry's full hash.
-#[derive(Debug, Default)]
-struct HeldTable {
-    slots: Vec<u64>,
-    entries: Vec<(u64, Held)>,
-}
-
-impl HeldTable {
-    fn with_capacity(n: usize) -> HeldTable {
-        HeldTable {
-            slots: vec![0; (n * 2).next_power_of_two().max(64)],
-            entries: Vec::with_capacity(n),
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * 8 + self.entries.capacity() * std::mem::size_of::<(u64, Held)>()
-    }
-
-    #[inline]
-    fn home(&self, tx: u64) -> usize {
-        // FxHash outputs: the well-mixed high bits are rotated down to the low ones already.
-        (tx as usize) & (self.slots.len() - 1)
-    }
-
-    #[inline]
-    fn prefetch(&self, tx: u64) {
-        if !self.slots.is_empty() {
-            super::table::prefetch(self.slots.as_ptr().wrapping_add(self.home(tx)).cast());
-        }
-    }
-
-    /// Index of the slot holding `tx`, or of the empty slot where it would go.
-    fn find(&self, tx: u64) -> usize {
-        let mask = self.slots.len() - 1;
-        let fp = tx >> 32;
-        let mut i = self.home(tx);
-        loop {
-            let s = self.slots[i];
-            if s == 0 || (s >> 32 == fp && self.entries[(s as u32 - 1) as usize].0 == tx) {
-                return i;
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    /// Inserts, or points an existing hash at the new entry (a reused id means its latest
-    /// transaction).
-    fn insert(&mut self, tx: u64, held: Held) {
-        if self.slots.is_empty() || (self.entries.len() + 1) * 2 > self.slots.len() {
-            self.grow();
-        }
-        let i = self.find(tx);
-        self.entries.push((tx, held));
-        // Generations hold an eighth of the retention; u32 positions are plenty.
-        let pos = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
-        self.slots[i] = (tx >> 32) << 32 | u64::from(pos);
-    }
-
-    fn get(&self, tx: u64) -> Option<&Held> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        match self.slots[self.find(tx)] {
-            0 => None,
-            s => self.entries.get((s as u32 - 1) as usize).map(|e| &e.1),
-        }
-    }
-
-    fn grow(&mut self) {
-        let cap = (self.slots.len() * 2).max(64);
-        let old = std::mem::replace(&mut self.slots, vec![0; cap]);
-        let mask = cap - 1;
-        for s in old.into_iter().filter(|&s| s != 0) {
-            let tx = self.entries[(s as u32 - 1) as usize].0;
-            let mut i = self.home(tx);
-            while self.slots[i] != 0 {
-                i = (i + 1) & mask;
-            }
-            self.slots[i] = s;
-        }
-    }
-}
-
 /// The per-entity sliding-window feature engine. One instance per stream (or per partition);
 /// not `Sync` on purpose (state is updated in place). See the [module docs](super) for
 /// semantics.
@@ -434,7 +156,7 @@ pub struct FeatureEngine {
     spec: Arc<FeatureSpec>,
     tables: Vec<Table>,
     /// (output column, feature) for per-transaction features.
-    tx_slots: Vec<(usize, TxFeature)>,
+    tx_features: Vec<(usize, TxFeature)>,
     /// Largest event time seen; `i64::MIN` before the first event.
     watermark: i64,
     /// Largest `known_at` among applied labels. While it is after an event's time, risk
@@ -468,461 +190,6 @@ fn attr_hash(h: u64) -> u32 {
     ((h >> 32) as u32).max(1)
 }
 
-/// The column of attribute `a` (for the MCC, the low bits of `bits`, masked by the caller).
-fn attr_col<'a>(events: &Events<'a>, a: Attr) -> &'a [u32] {
-    match a {
-        Attr::Mcc => events.bits,
-        Attr::Card | Attr::Merchant | Attr::Country => events.attrs[a.index()],
-    }
-}
-
-/// Attribute `a` of the current event.
-fn cur_attr(e: &Ev, a: Attr) -> u32 {
-    match a {
-        Attr::Mcc => e.bits & MCC_MASK,
-        Attr::Card | Attr::Merchant | Attr::Country => e.attrs[a.index()],
-    }
-}
-
-const MCC_MASK: u32 = 0xffff;
-
-/// Converts to `f32` and guarantees a finite value (NaN -> 0, overflow -> +-MAX).
-fn finite(x: f64) -> f32 {
-    let y = x as f32;
-    if y.is_finite() {
-        y
-    } else if x.is_nan() {
-        0.0
-    } else if x > 0.0 {
-        f32::MAX
-    } else {
-        f32::MIN
-    }
-}
-
-fn haversine_km(lat1: f32, lon1: f32, lat2: f32, lon2: f32) -> f64 {
-    let (p1, p2) = (f64::from(lat1).to_radians(), f64::from(lat2).to_radians());
-    let dp = p2 - p1;
-    let dl = (f64::from(lon2) - f64::from(lon1)).to_radians();
-    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
-    2.0 * EARTH_RADIUS_KM * a.sqrt().min(1.0).asin()
-}
-
-/// Running aggregates positioned at the event time (fast path).
-#[derive(Clone, Copy)]
-struct Run<'a> {
-    wins: &'a [RunWin],
-    risks: &'a [RunRisk],
-    /// Whether the running risk counts may be used (no applied label is known after `t`).
-    risk_fast: bool,
-}
-
-/// Everything a slot needs to compute its value for one event and one entity.
-struct Ctx<'a> {
-    cfg: &'a TableCfg,
-    /// Events `[..end]` are the ones processed before this event with `ts <= t`.
-    events: Events<'a>,
-    end: usize,
-    t: i64,
-    /// Events at or before this time are ignored (retention horizon).
-    horizon: i64,
-    cur: &'a Ev,
-    run: Option<Run<'a>>,
-    retention_ms: i64,
-}
-
-impl Ctx<'_> {
-    /// Index of the first event with `ts > max(lower, horizon)` (at most `end`).
-    #[inline]
-    fn from(&self, lower: i64) -> usize {
-        self.events.after(lower.max(self.horizon), self.end)
-    }
-
-    /// Start of window `w`: the running pointer on the fast path, a search otherwise.
-    #[inline]
-    fn win_start(&self, w: usize) -> usize {
-        match self.run {
-            Some(run) => run.wins[w].start as usize,
-            None => self.from(self.t - self.cfg.win_lens[w]),
-        }
-    }
-
-    /// Index of the newest event before this one (within retention) satisfying `pred`.
-    #[inline]
-    fn previous(&self, pred: impl Fn(usize) -> bool) -> Option<usize> {
-        (0..self.end)
-            .rev()
-            .take_while(|&i| self.events.ts[i] > self.horizon)
-            .find(|&i| pred(i))
-    }
-
-    fn slot(&self, slot: Slot) -> f32 {
-        match slot {
-            // Written by `write` through the window groups.
-            Slot::Win { .. } | Slot::Prev(_) => 0.0,
-            Slot::Distinct { w, of, incl, out } => {
-                let window = &attr_col(&self.events, of)[self.win_start(w)..self.end];
-                let mask = if of == Attr::Mcc { MCC_MASK } else { u32::MAX };
-                let v = cur_attr(self.cur, of);
-                match out {
-                    DistinctOut::Count => {
-                        let vals = window.iter().map(|&a| a & mask);
-                        let extra = if incl { Some(v) } else { None };
-                        count_distinct(vals.chain(extra)) as f32
-                    }
-                    DistinctOut::IsNew => {
-                        let seen = window.iter().any(|&a| a & mask == v);
-                        f32::from(u8::from(v != 0 && !seen))
-                    }
-                }
-            }
-            Slot::Risk { r, count } => {
-                let (n, fraud) = match self.run {
-                    Some(run) if run.risk_fast => (run.risks[r].n, run.risks[r].fraud),
-                    _ => {
-                        let (length_ms, delay_ms) = self.cfg.risk_params[r];
-                        let end = self.from(self.t - delay_ms);
-                        let a = self.from(self.t - delay_ms - length_ms).min(end);
-                        let ev = &self.events;
-                        let fraud = (a..end)
-                            .filter(|&i| ev.fraud(i) && ev.known_at[i] <= self.t)
-                            .count();
-                        ((end - a) as u32, fraud as u32)
-                    }
-                };
-                if count {
-                    n as f32
-                } else if n == 0 {
-                    0.0
-                } else {
-                    (f64::from(fraud) / f64::from(n)) as f32
-                }
-            }
-        }
-    }
-
-    fn prev_value(&self, out: PrevOut, prev: Option<usize>, prev_located: Option<usize>) -> f32 {
-        let cur = self.cur;
-        let ev = &self.events;
-        match out {
-            PrevOut::SecsSince => match prev {
-                Some(p) => finite((self.t - ev.ts[p]) as f64 / 1000.0),
-                None => finite(self.retention_ms as f64 / 1000.0),
-            },
-            PrevOut::KmhSince => {
-                if !cur.located() {
-                    return 0.0;
-                }
-                match prev_located {
-                    Some(p) => {
-                        let km = haversine_km(ev.lat[p], ev.lon[p], cur.lat, cur.lon);
-                        let hours = ((self.t - ev.ts[p]) as f64 / HOUR_MS as f64).max(1.0 / 60.0);
-                        finite(km / hours)
-                    }
-                    None => 0.0,
-                }
-            }
-            PrevOut::CountryChanged => {
-                let i = Attr::Country.index();
-                match prev {
-                    Some(p) => {
-                        let a = ev.attrs[i][p];
-                        f32::from(u8::from(a != 0 && cur.attrs[i] != 0 && a != cur.attrs[i]))
-                    }
-                    None => 0.0,
-                }
-            }
-            PrevOut::MerchantChanged => {
-                let i = Attr::Merchant.index();
-                match prev {
-                    Some(p) => f32::from(u8::from(ev.attrs[i][p] != cur.attrs[i])),
-                    None => 0.0,
-                }
-            }
-        }
-    }
-
-    /// Statistics of window `w` over the events before this one.
-    #[inline]
-    fn win_stats(&self, w: usize) -> Stats {
-        match self.run {
-            Some(run) => {
-                let r = &run.wins[w];
-                Stats {
-                    n: r.n,
-                    sum: r.sum,
-                    sumsq: r.sumsq,
-                    max: r.max,
-                }
-            }
-            None => {
-                let mut s = Stats::default();
-                for &a in &self.events.amount[self.win_start(w)..self.end] {
-                    s.add(a);
-                }
-                s
-            }
-        }
-    }
-
-    /// Writes every column of this table for the event.
-    fn write(&self, out: &mut [f32]) {
-        let amount = self.cur.amount;
-        for g in &self.cfg.win_groups {
-            let mut s = self.win_stats(g.w);
-            if g.incl {
-                s.add(amount);
-            }
-            let n = f64::from(s.n);
-            let mean = if g.need_mean && s.n > 0 {
-                s.sum / n
-            } else {
-                0.0
-            };
-            // Clamped: the incremental sums can leave a tiny negative variance.
-            let std = if g.need_std && s.n >= 2 {
-                (s.sumsq / n - mean * mean).max(0.0).sqrt()
-            } else {
-                0.0
-            };
-            for &(col, agg) in &g.outs {
-                out[col] = match agg {
-                    Agg::Count => s.n as f32,
-                    Agg::Sum => finite(s.sum),
-                    Agg::Mean => finite(mean),
-                    Agg::Max => s.max,
-                    Agg::Std => finite(std),
-                    Agg::AmountToMean => {
-                        if mean > 0.0 {
-                            finite(f64::from(amount) / mean)
-                        } else {
-                            0.0
-                        }
-                    }
-                };
-            }
-        }
-        let (prev, prev_located) = if self.cfg.needs_prev {
-            let prev = self.previous(|_| true);
-            let located = if !self.cfg.needs_prev_located {
-                None
-            } else if prev.is_some_and(|p| self.events.located(p)) {
-                prev
-            } else {
-                self.previous(|i| self.events.located(i))
-            };
-            (prev, located)
-        } else {
-            (None, None)
-        };
-        for &(col, slot) in &self.cfg.other_slots {
-            out[col] = match slot {
-                Slot::Prev(o) => self.prev_value(o, prev, prev_located),
-                other => self.slot(other),
-            };
-        }
-    }
-}
-
-/// Number of distinct non-zero values. Windows are small (tens), so a linear probe on a stack
-/// buffer beats a hash set; long windows spill to a sorted vector.
-fn count_distinct(vals: impl Iterator<Item = u32>) -> usize {
-    const SMALL: usize = 32;
-    let mut small = [0u32; SMALL];
-    let mut n = 0;
-    let mut spill: Option<Vec<u32>> = None;
-    for v in vals.filter(|v| *v != 0) {
-        if let Some(s) = spill.as_mut() {
-            s.push(v);
-        } else if !small[..n].contains(&v) {
-            if n < SMALL {
-                small[n] = v;
-                n += 1;
-            } else {
-                let mut s = small.to_vec();
-                s.push(v);
-                spill = Some(s);
-            }
-        }
-    }
-    match spill {
-        None => n,
-        Some(mut s) => {
-            s.sort_unstable();
-            s.dedup();
-            s.len()
-        }
-    }
-}
-
-/// `ts[i]`, or `i64::MAX` past the end.
-#[inline]
-fn ts_at(ts: &[i64], i: usize) -> i64 {
-    ts.get(i).copied().unwrap_or(i64::MAX)
-}
-
-/// Positions the running aggregates at time `t` (`t >= t_run`, every event has `ts <= t`).
-/// Rebuilds them by scan when `t_run` is `i64::MIN`.
-fn advance(
-    events: &Events<'_>,
-    t_run: i64,
-    wins: &mut [RunWin],
-    risks: &mut [RunRisk],
-    cfg: &TableCfg,
-    t: i64,
-) {
-    let (ts, amount) = (events.ts, events.amount);
-    if t_run == i64::MIN {
-        for (w, &len) in wins.iter_mut().zip(&cfg.win_lens) {
-            let start = ts.partition_point(|&x| x <= t - len);
-            let mut s = Stats::default();
-            for &a in &amount[start..] {
-                s.add(a);
-            }
-            *w = RunWin {
-                start: start as u32,
-                exit_ts: ts_at(ts, start),
-                n: s.n,
-                sum: s.sum,
-                sumsq: s.sumsq,
-                max: s.max,
-                max_ok: 1,
-                _pad: [0],
-            };
-        }
-        for (r, &(len, delay)) in risks.iter_mut().zip(&cfg.risk_params) {
-            let hi = ts.partition_point(|&x| x <= t - delay);
-            let lo = ts.partition_point(|&x| x <= t - delay - len).min(hi);
-            let fraud = (lo..hi).filter(|&i| events.fraud(i)).count() as u32;
-            *r = RunRisk {
-                lo: lo as u32,
-                hi: hi as u32,
-                lo_ts: if lo < hi { ts[lo] } else { i64::MAX },
-                hi_ts: ts_at(ts, hi),
-                n: (hi - lo) as u32,
-                fraud,
-                _pad: [0; 2],
-            };
-        }
-        return;
-    }
-    for ((w, &len), &need_max) in wins.iter_mut().zip(&cfg.win_lens).zip(&cfg.win_max) {
-        let lower = t - len;
-        if w.exit_ts > lower {
-            continue;
-        }
-        let mut start = w.start as usize;
-        while start < ts.len() && ts[start] <= lower {
-            let a = amount[start];
-            let x = f64::from(a);
-            w.n -= 1;
-            w.sum -= x;
-            w.sumsq -= x * x;
-            if a >= w.max {
-                w.max_ok = 0;
-            }
-            start += 1;
-        }
-        w.start = start as u32;
-        w.exit_ts = ts_at(ts, start);
-        if w.n == 0 {
-            // Exact zero instead of accumulated rounding residue.
-            *w = RunWin {
-                start: w.start,
-                exit_ts: i64::MAX,
-                max_ok: 1,
-                ..RunWin::default()
-            };
-        } else if w.max_ok == 0 && need_max {
-            w.max = amount[start..].iter().copied().fold(0.0, f32::max);
-            w.max_ok = 1;
-        }
-    }
-    for (r, &(len, delay)) in risks.iter_mut().zip(&cfg.risk_params) {
-        if r.hi_ts <= t - delay {
-            let mut hi = r.hi as usize;
-            while hi < ts.len() && ts[hi] <= t - delay {
-                r.n += 1;
-                r.fraud += u32::from(events.fraud(hi));
-                r.lo_ts = r.lo_ts.min(ts[hi]);
-                hi += 1;
-            }
-            r.hi = hi as u32;
-            r.hi_ts = ts_at(ts, hi);
-        }
-        if r.lo_ts <= t - delay - len {
-            let (mut lo, hi) = (r.lo as usize, r.hi as usize);
-            while lo < hi && ts[lo] <= t - delay - len {
-                r.n -= 1;
-                r.fraud -= u32::from(events.fraud(lo));
-                lo += 1;
-            }
-            r.lo = lo as u32;
-            r.lo_ts = if lo < hi { ts[lo] } else { i64::MAX };
-        }
-    }
-}
-
-/// Keeps the running aggregates (positioned at `t_run`) consistent with the insertion of `ev`
-/// at live index `p`.
-fn on_insert(wins: &mut [RunWin], risks: &mut [RunRisk], cfg: &TableCfg, t_run: i64, ev: &Ev) {
-    if t_run == i64::MIN {
-        return;
-    }
-    for (w, &len) in wins.iter_mut().zip(&cfg.win_lens) {
-        if ev.ts <= t_run - len {
-            w.start += 1;
-        } else {
-            // Inserted at or after `start`: it is the new edge if it sorts first.
-            w.exit_ts = w.exit_ts.min(ev.ts);
-            w.max = if w.n == 0 {
-                ev.amount
-            } else {
-                w.max.max(ev.amount)
-            };
-            w.n += 1;
-            let x = f64::from(ev.amount);
-            w.sum += x;
-            w.sumsq += x * x;
-        }
-    }
-    for (r, &(len, delay)) in risks.iter_mut().zip(&cfg.risk_params) {
-        if ev.ts <= t_run - delay - len {
-            r.lo += 1;
-            r.hi += 1;
-        } else if ev.ts <= t_run - delay {
-            r.lo_ts = r.lo_ts.min(ev.ts);
-            r.n += 1;
-            r.hi += 1;
-        } else {
-            r.hi_ts = r.hi_ts.min(ev.ts);
-        }
-    }
-}
-
-/// Writes the per-transaction features (`slots`: output column, feature).
-fn write_tx(slots: &[(usize, TxFeature)], tx: &Transaction, out: &mut [f32]) {
-    let ts = tx.timestamp_ms;
-    let day = ts.div_euclid(DAY_MS);
-    let hour = (ts - day * DAY_MS) / HOUR_MS;
-    let flag = |b: bool| f32::from(u8::from(b));
-    for &(col, f) in slots {
-        out[col] = match f {
-            TxFeature::Amount => finite(tx.amount),
-            TxFeature::LogAmount => finite(tx.amount.ln_1p()),
-            TxFeature::HourOfDay => hour as f32,
-            // 1970-01-01 was a Thursday: (days + 3) mod 7 counts from Monday = 0.
-            TxFeature::IsWeekend => flag((day + 3).rem_euclid(7) >= 5),
-            TxFeature::IsNight => flag(hour < 6),
-            TxFeature::ChannelPos => flag(tx.channel == Some(Channel::Pos)),
-            TxFeature::ChannelOnline => flag(tx.channel == Some(Channel::Online)),
-            TxFeature::ChannelAtm => flag(tx.channel == Some(Channel::Atm)),
-            TxFeature::ChannelMoto => flag(tx.channel == Some(Channel::Moto)),
-            TxFeature::HasLocation => flag(tx.lat.is_some() && tx.lon.is_some()),
-        };
-    }
-}
-
 /// How an event will be handled, decided from the watermark.
 #[derive(Debug, Clone, Copy)]
 struct Placement {
@@ -931,16 +198,6 @@ struct Placement {
     t: i64,
     /// Whether the event is added to state.
     store: bool,
-}
-
-fn index_of<T: PartialEq + Copy>(v: &mut Vec<T>, x: T) -> usize {
-    match v.iter().position(|y| *y == x) {
-        Some(i) => i,
-        None => {
-            v.push(x);
-            v.len() - 1
-        }
-    }
 }
 
 /// Entities (all tables) from which [`FeatureEngine::process`] prefetches an event's state
@@ -952,86 +209,19 @@ const PREFETCH_STEP: usize = 6;
 
 impl FeatureEngine {
     pub fn new(spec: Arc<FeatureSpec>) -> Self {
-        let mut cfgs: Vec<TableCfg> = Vec::new();
-        let mut tx_slots = Vec::new();
-        for (col, f) in spec.features().iter().enumerate() {
-            let Some(entity) = f.entity() else {
-                if let FeatureKind::Transaction(t) = *f {
-                    tx_slots.push((col, t));
-                }
-                continue;
-            };
-            let ti = match cfgs.iter().position(|t| t.entity == entity) {
-                Some(i) => i,
-                None => {
-                    cfgs.push(TableCfg {
-                        entity,
-                        win_lens: Vec::new(),
-                        win_max: Vec::new(),
-                        risk_params: Vec::new(),
-                        slots: Vec::new(),
-                        win_groups: Vec::new(),
-                        other_slots: Vec::new(),
-                        needs_prev: false,
-                        needs_prev_located: false,
-                    });
-                    cfgs.len() - 1
-                }
-            };
-            let cfg = &mut cfgs[ti];
-            let slot = match *f {
-                FeatureKind::Window {
-                    length_ms,
-                    include_current,
-                    agg,
-                    ..
-                } => Slot::Win {
-                    w: index_of(&mut cfg.win_lens, length_ms),
-                    agg,
-                    incl: include_current,
-                },
-                FeatureKind::Distinct {
-                    of,
-                    length_ms,
-                    include_current,
-                    out,
-                    ..
-                } => Slot::Distinct {
-                    w: index_of(&mut cfg.win_lens, length_ms),
-                    of,
-                    incl: include_current,
-                    out,
-                },
-                FeatureKind::Previous { out, .. } => Slot::Prev(out),
-                FeatureKind::Risk {
-                    length_ms,
-                    delay_ms,
-                    count,
-                    ..
-                } => Slot::Risk {
-                    r: index_of(&mut cfg.risk_params, (length_ms, delay_ms)),
-                    count,
-                },
-                // Handled above: transaction features have no entity.
-                FeatureKind::Transaction(_) => continue,
-            };
-            cfg.slots.push((col, slot));
-        }
-        for cfg in &mut cfgs {
-            cfg.finish();
-        }
+        let (cfgs, tx_features) = plan::resolve(&spec);
         let mut needs = Needs::default();
         let mut any_risk = false;
         for cfg in &cfgs {
             needs.key[cfg.entity as usize] = true;
             any_risk |= !cfg.risk_params.is_empty();
-            for &(_, slot) in &cfg.slots {
-                match slot {
-                    Slot::Distinct { of, .. } => needs.attr[of.index()] = true,
-                    Slot::Prev(PrevOut::CountryChanged) => {
+            for &(_, source) in &cfg.sources {
+                match source {
+                    Source::Distinct { of, .. } => needs.attr[of.index()] = true,
+                    Source::Prev(PrevOut::CountryChanged) => {
                         needs.attr[Attr::Country.index()] = true;
                     }
-                    Slot::Prev(PrevOut::MerchantChanged) => {
+                    Source::Prev(PrevOut::MerchantChanged) => {
                         needs.attr[Attr::Merchant.index()] = true;
                     }
                     _ => {}
@@ -1061,7 +251,7 @@ impl FeatureEngine {
             spec,
             tables,
             needs,
-            tx_slots,
+            tx_features,
             watermark: i64::MIN,
             label_max_known: i64::MIN,
             next_sweep: i64::MIN,
@@ -1171,7 +361,7 @@ impl FeatureEngine {
             // Nothing held at that time (the usual answer, without touching the events).
             return false;
         }
-        let (times, tags) = st.times_and_tags(table.map.layout());
+        let (times, tags) = st.times_and_tags();
         let a = times.partition_point(|&x| x < t);
         let b = times.partition_point(|&x| x <= t);
         tags[a..b].contains(&keys.tag)
@@ -1187,11 +377,11 @@ impl FeatureEngine {
         let keys = self.keys(tx);
         // With a large state, the batch path's prefetch stages run back to back for this one
         // event: each stage waits for the previous one's lines, but the card's and the
-        // merchant's chains of cache misses overlap instead of following each other. Measured
-        // (`examples/features_profile.rs`, default spec, alternating runs): 10k cards 1.01-1.05
-        // -> 0.86-0.92 us, 1M cards 3.85-4.08 -> 3.08-3.18 us. With a state that stays in cache
-        // (the 800-card sample of the `scorer` bench), the stages' extra lookups cost 5-10 %
-        // instead, hence the threshold.
+        // merchant's chains of cache misses overlap instead of following each other, which is
+        // faster from ten thousand cards up. With a state that stays in cache (the 800-card
+        // sample of the `scorer` bench) the stages' extra lookups cost more than they save,
+        // hence the threshold (BENCHMARKS.md, "Figures moved from code comments
+        // (vigil-core)").
         if self.tables.iter().map(|t| t.map.len()).sum::<usize>() >= PREFETCH_MIN_ENTITIES {
             self.prefetch_slots(&keys);
             self.prefetch_blocks(&keys);
@@ -1232,10 +422,10 @@ impl FeatureEngine {
         let in_order = place.outcome == EventOutcome::InOrder;
         for table in &mut self.tables {
             let Table { cfg, map } = table;
-            let (st, layout) = map.get_or_insert(keys.entity[cfg.entity as usize]);
+            let mut st = map.get_or_insert(keys.entity[cfg.entity as usize]);
             if in_order {
                 let t_run = st.t_run;
-                let (wins, risks, events) = st.parts_mut(layout);
+                let (wins, risks, events) = st.parts_mut();
                 advance(&events, t_run, wins, risks, cfg, t);
                 Ctx {
                     cfg,
@@ -1252,14 +442,14 @@ impl FeatureEngine {
                     retention_ms,
                 }
                 .write(out);
-                st.t_run = t;
-                evict(st, layout, horizon);
-                let (wins, risks) = st.aggs_mut(layout);
+                st.set_t_run(t);
+                evict(&mut st, horizon);
+                let (wins, risks) = st.aggs_mut();
                 on_insert(wins, risks, cfg, t, &cur);
                 let p = st.len();
-                st.insert(layout, p, &cur);
+                st.insert(p, &cur);
             } else {
-                let events = st.events(layout);
+                let events = st.events();
                 let p = events.ts.partition_point(|&x| x <= t);
                 Ctx {
                     cfg,
@@ -1273,9 +463,9 @@ impl FeatureEngine {
                 }
                 .write(out);
                 let t_run = st.t_run;
-                let (wins, risks) = st.aggs_mut(layout);
+                let (wins, risks) = st.aggs_mut();
                 on_insert(wins, risks, cfg, t_run, &cur);
-                st.insert(layout, p, &cur);
+                st.insert(p, &cur);
             }
         }
         if let Some(labels) = self.labels.as_mut() {
@@ -1289,7 +479,7 @@ impl FeatureEngine {
                 },
             );
         }
-        write_tx(&self.tx_slots, tx, out);
+        write_tx(&self.tx_features, tx, out);
         place.outcome
     }
 
@@ -1348,7 +538,7 @@ impl FeatureEngine {
     fn prefetch_blocks(&self, keys: &Keys) {
         for table in &self.tables {
             if let Some(st) = table.map.get(keys.entity[table.cfg.entity as usize]) {
-                st.prefetch_front_matter(table.map.layout());
+                st.prefetch_front_matter();
             }
         }
     }
@@ -1357,25 +547,24 @@ impl FeatureEngine {
     fn prefetch_edges(&self, keys: &Keys, ts: i64) {
         for table in &self.tables {
             let cfg = &table.cfg;
-            let layout = table.map.layout();
             let Some(st) = table.map.get(keys.entity[cfg.entity as usize]) else {
                 continue;
             };
             if st.t_run == i64::MIN {
                 continue;
             }
-            let (wins, risks, _) = st.parts(layout);
+            let (wins, risks, _) = st.parts();
             for (w, &len) in wins.iter().zip(&cfg.win_lens) {
                 if w.exit_ts <= ts - len {
-                    st.prefetch_event(layout, w.start as usize);
+                    st.prefetch_event(w.start as usize);
                 }
             }
             for (r, &(len, delay)) in risks.iter().zip(&cfg.risk_params) {
                 if r.hi_ts <= ts - delay {
-                    st.prefetch_event(layout, r.hi as usize);
+                    st.prefetch_event(r.hi as usize);
                 }
                 if r.lo_ts <= ts - delay - len {
-                    st.prefetch_event(layout, r.lo as usize);
+                    st.prefetch_event(r.lo as usize);
                 }
             }
         }
@@ -1421,7 +610,7 @@ impl FeatureEngine {
                 .write(out);
                 continue;
             };
-            let (run_wins, run_risks, events) = st.parts(table.map.layout());
+            let (run_wins, run_risks, events) = st.parts();
             let st = Some(st);
             let fast = !duplicate
                 && st.is_some_and(|st| st.t_run != i64::MIN)
@@ -1458,7 +647,7 @@ impl FeatureEngine {
             }
             .write(out);
         }
-        write_tx(&self.tx_slots, tx, out);
+        write_tx(&self.tx_features, tx, out);
     }
 
     /// Applies a label to the transaction it names, if the engine holds it. A later label for the
@@ -1481,10 +670,10 @@ impl FeatureEngine {
                 if cfg.risk_params.is_empty() {
                     continue;
                 }
-                let Some((st, layout)) = table.map.get_mut(held.keys[cfg.entity as usize]) else {
+                let Some(mut st) = table.map.get_mut(held.keys[cfg.entity as usize]) else {
                     continue;
                 };
-                let events = st.events(layout);
+                let events = st.events();
                 let a = events.ts.partition_point(|&x| x < held.ts);
                 let b = events.ts.partition_point(|&x| x <= held.ts);
                 // The last one: with a reused id, the index points at the latest transaction.
@@ -1492,9 +681,9 @@ impl FeatureEngine {
                     continue;
                 };
                 let was = events.fraud(i);
-                st.set_label(layout, i, label.fraud, label.known_at_ms);
+                st.set_label(i, label.fraud, label.known_at_ms);
                 if st.t_run != i64::MIN {
-                    let (_, risks) = st.aggs_mut(layout);
+                    let (_, risks) = st.aggs_mut();
                     for r in risks.iter_mut() {
                         if (r.lo as usize..r.hi as usize).contains(&i) {
                             r.fraud = r.fraud + u32::from(label.fraud) - u32::from(was);
@@ -1530,7 +719,7 @@ impl FeatureEngine {
         self.next_sweep = self.watermark.saturating_add(every);
     }
 
-    /// Counters plus the current population. Walks every entity (O(entities), a few ms at a
+    /// Counters plus the current population. Walks every entity (O(entities), milliseconds at a
     /// million cards): call it for monitoring, not per event.
     pub fn stats(&self) -> EngineStats {
         let label_bytes = self.labels.as_ref().map_or(0, LabelIndex::heap_bytes);
@@ -1556,7 +745,8 @@ impl FeatureEngine {
 /// Number of leading `times` at or before `horizon`, by galloping from the front: usually one or
 /// two events expired since the entity's previous event, and a binary search over a busy
 /// merchant's 30 days of times would be a chain of ~11 dependent cache misses at a million
-/// cards (15 % of a batch run's time, measured), where this reads the front line or two.
+/// cards (a measurable share of a batch run, see BENCHMARKS.md), where this reads the front line
+/// or two.
 fn expired_prefix(times: &[i64], horizon: i64) -> usize {
     let mut hi = 1;
     while hi < times.len() && times[hi - 1] <= horizon {
@@ -1569,21 +759,21 @@ fn expired_prefix(times: &[i64], horizon: i64) -> usize {
 
 /// Drops the entity's events at or before `horizon` and shifts the running aggregates' indices.
 /// Called on the in-order path after [`advance`], so no window still points into them.
-fn evict(st: &mut EntityState, layout: &Layout, horizon: i64) {
+fn evict(st: &mut EntityMut<'_>, horizon: i64) {
     if st.front_ts > horizon {
         return;
     }
-    let k = expired_prefix(st.times(layout), horizon);
+    let k = expired_prefix(st.times(), horizon);
     if k == 0 {
         return;
     }
     let k32 = k as u32;
-    let (wins, risks) = st.aggs_mut(layout);
+    let (wins, risks) = st.aggs_mut();
     let inside = wins.iter().any(|w| w.start < k32) || risks.iter().any(|r| r.lo < k32);
     if inside {
         // Cannot happen after `advance` to a time whose windows all start after the horizon;
         // rebuilding on the next event is the safe answer if it ever did.
-        st.t_run = i64::MIN;
+        st.set_t_run(i64::MIN);
     } else {
         for w in wins.iter_mut() {
             w.start -= k32;
@@ -1593,20 +783,12 @@ fn evict(st: &mut EntityState, layout: &Layout, horizon: i64) {
             r.hi -= k32;
         }
     }
-    st.drop_front(layout, k);
+    st.drop_front(k);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn held(ts: i64) -> Held {
-        Held {
-            ts,
-            keys: [ts as u64, 0],
-            tag: 0,
-        }
-    }
 
     #[test]
     fn expired_prefix_is_the_partition_point() {
@@ -1621,41 +803,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    /// The label index's table against a `HashMap` model: growth from empty, replaced ids,
-    /// hashes sharing their high 32 bits (the slots' fingerprint) or their home slot, and 0.
-    #[test]
-    fn held_table_matches_a_map() {
-        let mut table = HeldTable::with_capacity(0);
-        let mut model = std::collections::HashMap::new();
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut prev = 0u64;
-        for i in 0..20_000i64 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            const HI: u64 = 0xFFFF_FFFF_0000_0000;
-            let tx = match i % 6 {
-                // The previous hash's fingerprint, another home slot.
-                0 => (prev & HI) | (x & 0xFFFF),
-                // The previous hash's fingerprint and home slot (the index has at most 2^16
-                // slots here), another hash.
-                1 => prev | (1 << 31),
-                // A reused id.
-                2 if i > 100 => *model.keys().next().expect("non-empty"),
-                3 if i == 3 => 0,
-                _ => x,
-            };
-            table.insert(tx, held(i));
-            model.insert(tx, i);
-            prev = tx;
-        }
-        assert_eq!(table.len(), 20_000);
-        assert!(table.slots.len() <= 1 << 16);
-        for (&tx, &ts) in &model {
-            assert_eq!(table.get(tx).map(|h| h.ts), Some(ts), "hash {tx:#x}");
-        }
-        assert!(table.get(0xDEAD_BEEF).is_none());
     }
 }

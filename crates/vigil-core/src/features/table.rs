@@ -3,11 +3,12 @@
 //!
 //! # Why this layout
 //!
-//! At a million cards, nearly every event's state is a cache miss, and on the shared VMs this
-//! runs on a miss costs 200-350 ns, so what sets the speed is how many cache lines an event
-//! touches and how many of those loads depend on each other:
+//! At a million cards, nearly every event's state is a cache miss, and a miss costs far more
+//! than the arithmetic of an event (BENCHMARKS.md, "Figures moved from code comments
+//! (vigil-core)"), so what sets the speed is how many cache lines an event touches and how many
+//! of those loads depend on each other:
 //!
-//! 1. The [`Entity`] record (64 bytes, one cache line) sits directly in the table, at the slot
+//! 1. The [`EntityBlock`] (64 bytes, one cache line) sits directly in the table, at the slot
 //!    the key hashes to (linear probing at most half full, so it is nearly always the home
 //!    slot). Its address is known from the hash alone, so [`EntityTable::prefetch_home`] can
 //!    start that load before anything else.
@@ -24,6 +25,14 @@
 //!
 //! Keys are 64-bit hashes of the entity ids; 0 marks an empty slot (a real hash of 0 is stored
 //! as 1, see [`key_of_hash`]).
+//!
+//! # Access
+//!
+//! A block can only be read with the layout it was allocated with, its table's. So the table
+//! hands entities out as [`EntityRef`] / [`EntityMut`], which pair an entity with that layout:
+//! callers never pass a layout, and no safe code can pass the wrong one. The handles are two
+//! pointers, as the `(entity, layout)` pair they replace, and every method on them is inlined
+//! into a call of the block's own (`unsafe`, private) method.
 
 use std::mem::size_of;
 
@@ -115,7 +124,7 @@ const AGG_BYTES: usize = 48;
 const _: () = {
     assert!(size_of::<RunWin>() == AGG_BYTES);
     assert!(size_of::<RunRisk>() == AGG_BYTES);
-    assert!(size_of::<Entity>() == 64);
+    assert!(size_of::<EntityBlock>() == 64);
 };
 
 /// Byte offsets of a block's parts for a given capacity.
@@ -267,12 +276,19 @@ impl Events<'_> {
 }
 
 /// An entity: its key, event-time bookkeeping and its block. One cache line.
+///
+/// The block's parts sit at offsets its table's [`Layout`] computes, and reading them with any
+/// other layout would read out of bounds or misaligned. So the methods that read or write the
+/// block are private and `unsafe`, and outside this file an entity is only ever reached through
+/// [`EntityRef`] / [`EntityMut`], which pair it with its own table's layout. Nothing outside
+/// gets a `&mut EntityBlock` (it could be swapped into another table), only `&EntityBlock` for
+/// the bookkeeping fields below.
 #[repr(C, align(64))]
-pub(super) struct Entity {
+pub(super) struct EntityBlock {
     /// Hash of the entity id; 0 = empty slot.
     pub key: u64,
     /// The time the running aggregates' lower edges are positioned for, or `i64::MIN` when
-    /// they must be rebuilt by a scan before use.
+    /// they must be rebuilt by a scan before use. Set through [`EntityMut::set_t_run`].
     pub t_run: i64,
     /// Time of the oldest held event, `i64::MAX` when none: eviction is checked against it
     /// without touching the block.
@@ -290,9 +306,9 @@ pub(super) struct Entity {
     block: Box<[u64]>,
 }
 
-impl std::fmt::Debug for Entity {
+impl std::fmt::Debug for EntityBlock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Entity")
+        f.debug_struct("EntityBlock")
             .field("key", &self.key)
             .field("events", &self.len())
             .finish_non_exhaustive()
@@ -310,8 +326,17 @@ struct RowsView {
 impl RowsView {
     /// The live events read from `part`, the block from word `base_words` on (which must not
     /// cut into the event columns).
+    ///
+    /// # Safety
+    /// `layout` and `self` must describe the block `part` is cut from (its table's layout, its
+    /// own capacity and rows).
     #[inline]
-    fn events_in<'a>(&self, layout: &Layout, part: &'a [u64], base_words: usize) -> Events<'a> {
+    unsafe fn events_in<'a>(
+        &self,
+        layout: &Layout,
+        part: &'a [u64],
+        base_words: usize,
+    ) -> Events<'a> {
         let o = layout.offsets(self.cap);
         let (h, n) = (self.head, self.len);
         let c = layout.cols;
@@ -325,10 +350,10 @@ impl RowsView {
                 0
             }
         };
-        // SAFETY: the offsets come from the same layout and capacity the block was built
-        // with; every stored column holds `cap >= rows = h + n` values, so `[h, h + n)` is
-        // inside; `part` starts at `base`, before every column; offsets of 8-byte columns are
-        // multiples of 8 and of 4-byte ones multiples of 4 (and `base` is a multiple of 8).
+        // SAFETY: the offsets come from the same layout and capacity the block was built with
+        // (contract); every stored column holds `cap >= rows = h + n` values, so `[h, h + n)`
+        // is inside; `part` starts at `base`, before every column; offsets of 8-byte columns
+        // are multiples of 8 and of 4-byte ones multiples of 4 (and `base` is a multiple of 8).
         unsafe {
             Events {
                 ts: col::<i64>(part, at(o.ts, 8, true), n),
@@ -375,9 +400,9 @@ unsafe fn col_mut<T>(block: &mut [u64], off: usize, len: usize) -> &mut [T] {
     }
 }
 
-impl Entity {
-    fn empty() -> Entity {
-        Entity {
+impl EntityBlock {
+    fn empty() -> EntityBlock {
+        EntityBlock {
             key: 0,
             t_run: i64::MIN,
             front_ts: i64::MAX,
@@ -389,7 +414,7 @@ impl Entity {
         }
     }
 
-    fn new(key: u64, layout: &Layout, block: Option<Box<[u64]>>, cap: u32) -> Entity {
+    fn new(key: u64, layout: &Layout, block: Option<Box<[u64]>>, cap: u32) -> EntityBlock {
         let (block, cap) = match block {
             Some(mut b) => {
                 // Recycled: clear the aggregates (columns are written before they are read).
@@ -403,7 +428,7 @@ impl Entity {
                 (vec![0u64; words].into_boxed_slice(), cap as u32)
             }
         };
-        Entity {
+        EntityBlock {
             key,
             t_run: i64::MIN,
             front_ts: i64::MAX,
@@ -421,10 +446,15 @@ impl Entity {
     }
 
     /// The times of the live events.
+    ///
+    /// # Safety
+    /// `layout` must be the layout of the table this block belongs to (the one it was allocated
+    /// with); [`EntityRef`] and [`EntityMut`] are the only callers, and they carry that layout.
     #[inline]
-    pub fn times(&self, layout: &Layout) -> &[i64] {
-        // SAFETY: the time column starts right after the aggregates and holds `cap >= rows`
-        // values; `[head, rows)` is inside; its offset is a multiple of 8.
+    unsafe fn times(&self, layout: &Layout) -> &[i64] {
+        // SAFETY: with this block's layout (contract), the time column starts right after the
+        // aggregates and holds `cap >= rows` values; `[head, rows)` is inside; its offset is a
+        // multiple of 8.
         unsafe {
             col::<i64>(
                 &self.block,
@@ -435,9 +465,13 @@ impl Entity {
     }
 
     /// The live events, column by column.
+    ///
+    /// # Safety
+    /// As for [`times`](Self::times): `layout` is this block's own table's.
     #[inline]
-    pub fn events(&self, layout: &Layout) -> Events<'_> {
-        self.rows_view().events_in(layout, &self.block, 0)
+    unsafe fn events(&self, layout: &Layout) -> Events<'_> {
+        // SAFETY: the whole block, with its own rows and layout (contract).
+        unsafe { self.rows_view().events_in(layout, &self.block, 0) }
     }
 
     fn rows_view(&self) -> RowsView {
@@ -449,8 +483,11 @@ impl Entity {
     }
 
     /// The running aggregates, mutably.
+    ///
+    /// # Safety
+    /// As for [`times`](Self::times): `layout` is this block's own table's.
     #[inline]
-    pub fn aggs_mut(&mut self, layout: &Layout) -> (&mut [RunWin], &mut [RunRisk]) {
+    unsafe fn aggs_mut(&mut self, layout: &Layout) -> (&mut [RunWin], &mut [RunRisk]) {
         let aggs_words = layout.aggs_bytes / 8;
         let (w, r) = self.block[..aggs_words].split_at_mut(layout.n_wins * AGG_BYTES / 8);
         // SAFETY: see `parts_mut`.
@@ -463,8 +500,11 @@ impl Entity {
     }
 
     /// The times and transaction tags of the live events (the table must store tags).
+    ///
+    /// # Safety
+    /// As for [`times`](Self::times): `layout` is this block's own table's.
     #[inline]
-    pub fn times_and_tags(&self, layout: &Layout) -> (&[i64], &[u32]) {
+    unsafe fn times_and_tags(&self, layout: &Layout) -> (&[i64], &[u32]) {
         let (h, n) = (self.head as usize, self.len());
         let cap = self.cap as usize;
         let tag_off = layout.aggs_bytes + layout.before[4] * cap + 4 * h;
@@ -475,8 +515,11 @@ impl Entity {
     }
 
     /// The running aggregates (mutable) and the live events.
+    ///
+    /// # Safety
+    /// As for [`times`](Self::times): `layout` is this block's own table's.
     #[inline]
-    pub fn parts_mut(&mut self, layout: &Layout) -> (&mut [RunWin], &mut [RunRisk], Events<'_>) {
+    unsafe fn parts_mut(&mut self, layout: &Layout) -> (&mut [RunWin], &mut [RunRisk], Events<'_>) {
         let aggs_words = (layout.n_wins + layout.n_risks) * AGG_BYTES / 8;
         let rows = self.rows_view();
         // The events live after the aggregates: split the block so the borrows are disjoint.
@@ -490,13 +533,18 @@ impl Entity {
                 col_mut::<RunRisk>(r, 0, layout.n_risks),
             )
         };
-        let events = rows.events_in(layout, rest, aggs_words);
+        // SAFETY: `rest` is the block from word `aggs_words` on, the end of the aggregates and
+        // before every column; `rows` and `layout` are this block's (contract).
+        let events = unsafe { rows.events_in(layout, rest, aggs_words) };
         (wins, risks, events)
     }
 
     /// The running aggregates and the live events (read-only).
+    ///
+    /// # Safety
+    /// As for [`times`](Self::times): `layout` is this block's own table's.
     #[inline]
-    pub fn parts(&self, layout: &Layout) -> (&[RunWin], &[RunRisk], Events<'_>) {
+    unsafe fn parts(&self, layout: &Layout) -> (&[RunWin], &[RunRisk], Events<'_>) {
         // SAFETY: as in `parts_mut`.
         let (wins, risks) = unsafe {
             (
@@ -504,11 +552,15 @@ impl Entity {
                 col::<RunRisk>(&self.block, layout.n_wins * AGG_BYTES, layout.n_risks),
             )
         };
-        (wins, risks, self.events(layout))
+        // SAFETY: forwarded contract.
+        (wins, risks, unsafe { self.events(layout) })
     }
 
     /// Writes `ev` into row `r` (`r < cap`).
-    fn write_row(&mut self, layout: &Layout, r: usize, ev: &Ev) {
+    ///
+    /// # Safety
+    /// As for [`times`](Self::times): `layout` is this block's own table's.
+    unsafe fn write_row(&mut self, layout: &Layout, r: usize, ev: &Ev) {
         let o = layout.offsets(self.cap as usize);
         let c = layout.cols;
         let cap = self.cap as usize;
@@ -553,7 +605,10 @@ impl Entity {
 
     /// Makes room for one more row at the end: compacts the dead prefix if it is long enough,
     /// else grows the block (doubling), copying the live rows to the start.
-    fn reserve_one(&mut self, layout: &Layout) {
+    ///
+    /// # Safety
+    /// As for [`times`](Self::times): `layout` is this block's own table's.
+    unsafe fn reserve_one(&mut self, layout: &Layout) {
         if self.rows < self.cap {
             return;
         }
@@ -571,8 +626,9 @@ impl Entity {
         block[..aggs_words].copy_from_slice(&self.block[..aggs_words]);
         let old_cols = layout.stored(self.cap as usize);
         for ((doff, size), (soff, _)) in layout.stored(new_cap).zip(old_cols) {
-            // SAFETY: byte ranges inside both blocks (live rows `h..h+n` of the old column,
-            // rows `0..n` of the new one, `n <= new_cap`); non-overlapping allocations.
+            // SAFETY: with this block's layout (contract), byte ranges inside both blocks (live
+            // rows `h..h+n` of the old column, rows `0..n` of the new one, `n <= new_cap`);
+            // non-overlapping allocations.
             unsafe {
                 std::ptr::copy_nonoverlapping(
                     self.block.as_ptr().cast::<u8>().add(soff + size * h),
@@ -588,21 +644,29 @@ impl Entity {
     }
 
     /// Inserts `ev` at live index `p` (`p <= len`).
-    pub fn insert(&mut self, layout: &Layout, p: usize, ev: &Ev) {
-        self.reserve_one(layout);
+    ///
+    /// # Safety
+    /// As for [`times`](Self::times): `layout` is this block's own table's.
+    unsafe fn insert(&mut self, layout: &Layout, p: usize, ev: &Ev) {
+        // SAFETY: forwarded contract.
+        unsafe { self.reserve_one(layout) };
         let at = self.head as usize + p;
         let end = self.rows as usize;
         if at < end {
             self.move_rows(layout, at, end, at + 1);
         }
-        self.write_row(layout, at, ev);
+        // SAFETY: forwarded contract; `at < rows + 1 <= cap` after `reserve_one`.
+        unsafe { self.write_row(layout, at, ev) };
         self.rows += 1;
         self.front_ts = self.front_ts.min(ev.ts);
         self.last_ts = self.last_ts.max(ev.ts);
     }
 
     /// Sets the label of live event `i`.
-    pub fn set_label(&mut self, layout: &Layout, i: usize, fraud: bool, known_at: i64) {
+    ///
+    /// # Safety
+    /// As for [`times`](Self::times): `layout` is this block's own table's.
+    unsafe fn set_label(&mut self, layout: &Layout, i: usize, fraud: bool, known_at: i64) {
         let o = layout.offsets(self.cap as usize);
         let c = layout.cols;
         let r = self.head as usize + i;
@@ -611,7 +675,8 @@ impl Entity {
             c.bits && c.known_at && r < self.rows as usize,
             "label columns"
         );
-        // SAFETY: `r < rows <= cap`; the table stores both columns (asserted).
+        // SAFETY: `r < rows <= cap`; the table stores both columns (asserted), at the offsets of
+        // this block's layout (contract).
         unsafe {
             let bits = &mut col_mut::<u32>(&mut self.block, o.bits, cap)[r];
             *bits = (*bits & !FRAUD_BIT) | if fraud { FRAUD_BIT } else { 0 };
@@ -620,7 +685,10 @@ impl Entity {
     }
 
     /// Drops the first `k` live events (`k <= len`).
-    pub fn drop_front(&mut self, layout: &Layout, k: usize) {
+    ///
+    /// # Safety
+    /// As for [`times`](Self::times): `layout` is this block's own table's.
+    unsafe fn drop_front(&mut self, layout: &Layout, k: usize) {
         self.head += k as u32;
         if self.len() == 0 {
             self.head = 0;
@@ -639,7 +707,8 @@ impl Entity {
             }
             return;
         }
-        self.front_ts = self.times(layout)[0];
+        // SAFETY: forwarded contract.
+        self.front_ts = unsafe { self.times(layout) }[0];
     }
 
     /// Address of the byte `off` into the block (for prefetching; may be past the end).
@@ -649,13 +718,14 @@ impl Entity {
     }
 
     /// Prefetches the aggregates and the newest row of every stored column (what "previous
-    /// event" features read, and where the event is appended).
+    /// event" features read, and where the event is appended). A hint only: safe whatever the
+    /// layout, which only decides which addresses are hinted.
     #[inline]
-    pub fn prefetch_front_matter(&self, layout: &Layout) {
+    fn prefetch_front_matter(&self, layout: &Layout) {
         let aggs = (layout.n_wins + layout.n_risks) * AGG_BYTES;
         let mut line = 0;
         while line < aggs {
-            super::table::prefetch(self.addr(line));
+            prefetch(self.addr(line));
             line += 64;
         }
         let last = (self.rows as usize).saturating_sub(1);
@@ -664,9 +734,10 @@ impl Entity {
         }
     }
 
-    /// Prefetches the time and amount of live event `i`.
+    /// Prefetches the time and amount of live event `i` (a hint, like
+    /// [`prefetch_front_matter`](Self::prefetch_front_matter)).
     #[inline]
-    pub fn prefetch_event(&self, layout: &Layout, i: usize) {
+    fn prefetch_event(&self, layout: &Layout, i: usize) {
         let o = layout.offsets(self.cap as usize);
         let r = self.head as usize + i;
         prefetch(self.addr(o.ts + 8 * r));
@@ -682,6 +753,132 @@ impl Entity {
     }
 }
 
+/// An entity of a table, read-only, together with that table's [`Layout`]: the only way code
+/// outside this file reads an entity's block, so the layout used is always the block's own.
+/// Derefs to the [`EntityBlock`] for its bookkeeping fields.
+#[derive(Clone, Copy)]
+pub(super) struct EntityRef<'a> {
+    block: &'a EntityBlock,
+    layout: &'a Layout,
+}
+
+/// An entity of a table, mutable, together with that table's [`Layout`] (see [`EntityRef`]).
+/// Derefs (read-only) to the [`EntityBlock`]; its only field to set is
+/// [`set_t_run`](Self::set_t_run).
+pub(super) struct EntityMut<'a> {
+    block: &'a mut EntityBlock,
+    layout: &'a Layout,
+}
+
+impl std::ops::Deref for EntityRef<'_> {
+    type Target = EntityBlock;
+    #[inline(always)]
+    fn deref(&self) -> &EntityBlock {
+        self.block
+    }
+}
+
+impl std::ops::Deref for EntityMut<'_> {
+    type Target = EntityBlock;
+    #[inline(always)]
+    fn deref(&self) -> &EntityBlock {
+        self.block
+    }
+}
+
+// SAFETY (every `unsafe` call below): a handle is only built by `EntityTable`, from one of its
+// own entities and its own layout, the layout every block of that table was allocated with.
+impl<'a> EntityRef<'a> {
+    /// The times and transaction tags of the live events (the table must store tags).
+    #[inline]
+    pub fn times_and_tags(self) -> (&'a [i64], &'a [u32]) {
+        // SAFETY: see above the impl.
+        unsafe { self.block.times_and_tags(self.layout) }
+    }
+
+    /// The running aggregates and the live events.
+    #[inline]
+    pub fn parts(self) -> (&'a [RunWin], &'a [RunRisk], Events<'a>) {
+        // SAFETY: see above the impl.
+        unsafe { self.block.parts(self.layout) }
+    }
+
+    /// Prefetches the aggregates and the newest row of every stored column (what "previous
+    /// event" features read, and where the event is appended).
+    #[inline]
+    pub fn prefetch_front_matter(self) {
+        self.block.prefetch_front_matter(self.layout);
+    }
+
+    /// Prefetches the time and amount of live event `i`.
+    #[inline]
+    pub fn prefetch_event(self, i: usize) {
+        self.block.prefetch_event(self.layout, i);
+    }
+}
+
+impl EntityMut<'_> {
+    /// Sets the time the running aggregates are positioned for (`i64::MIN`: rebuild them by a
+    /// scan before use).
+    #[inline]
+    pub fn set_t_run(&mut self, t: i64) {
+        self.block.t_run = t;
+    }
+
+    /// The times of the live events.
+    #[inline]
+    pub fn times(&self) -> &[i64] {
+        // SAFETY: see above the `EntityRef` impl.
+        unsafe { self.block.times(self.layout) }
+    }
+
+    /// The live events, column by column.
+    #[inline]
+    pub fn events(&self) -> Events<'_> {
+        // SAFETY: see above the `EntityRef` impl.
+        unsafe { self.block.events(self.layout) }
+    }
+
+    /// The running aggregates, mutably.
+    #[inline]
+    pub fn aggs_mut(&mut self) -> (&mut [RunWin], &mut [RunRisk]) {
+        // SAFETY: see above the `EntityRef` impl.
+        unsafe { self.block.aggs_mut(self.layout) }
+    }
+
+    /// The running aggregates (mutable) and the live events.
+    #[inline]
+    pub fn parts_mut(&mut self) -> (&mut [RunWin], &mut [RunRisk], Events<'_>) {
+        // SAFETY: see above the `EntityRef` impl.
+        unsafe { self.block.parts_mut(self.layout) }
+    }
+
+    /// Inserts `ev` at live index `p` (`p <= len`).
+    #[inline]
+    pub fn insert(&mut self, p: usize, ev: &Ev) {
+        // SAFETY: see above the `EntityRef` impl.
+        unsafe { self.block.insert(self.layout, p, ev) }
+    }
+
+    /// Sets the label of live event `i`.
+    ///
+    /// # Panics
+    /// If `i` is not a live event or the table stores no label columns (a programming error:
+    /// labels only go to tables with risk features).
+    #[inline]
+    pub fn set_label(&mut self, i: usize, fraud: bool, known_at: i64) {
+        // SAFETY: see above the `EntityRef` impl.
+        unsafe { self.block.set_label(self.layout, i, fraud, known_at) }
+    }
+
+    /// Drops the first `k` live events (`k <= len`).
+    #[inline]
+    pub fn drop_front(&mut self, k: usize) {
+        // SAFETY: see above the `EntityRef` impl.
+        unsafe { self.block.drop_front(self.layout, k) }
+    }
+}
+
 /// Maps a 64-bit id hash to a table key (0 is reserved for empty slots).
 #[inline]
 pub(super) fn key_of_hash(h: u64) -> u64 {
@@ -691,9 +888,11 @@ pub(super) fn key_of_hash(h: u64) -> u64 {
 /// Open-addressing (linear probing) table of entities, at most half full.
 #[derive(Debug)]
 pub(super) struct EntityTable {
-    slots: Vec<Entity>,
+    slots: Vec<EntityBlock>,
     mask: usize,
     len: usize,
+    /// The layout every block of this table was allocated with; fixed at construction, and
+    /// handed out only inside [`EntityRef`] / [`EntityMut`].
     layout: Layout,
     /// Blocks of removed entities (with their capacities), reused by new ones: entities come
     /// and go all the time (a card is dropped when its last event expires and comes back with
@@ -709,16 +908,12 @@ impl EntityTable {
     pub fn new(layout: Layout) -> EntityTable {
         const INITIAL: usize = 64;
         EntityTable {
-            slots: (0..INITIAL).map(|_| Entity::empty()).collect(),
+            slots: (0..INITIAL).map(|_| EntityBlock::empty()).collect(),
             mask: INITIAL - 1,
             len: 0,
             layout,
             pool: Vec::new(),
         }
-    }
-
-    pub fn layout(&self) -> &Layout {
-        &self.layout
     }
 
     pub fn len(&self) -> usize {
@@ -753,20 +948,27 @@ impl EntityTable {
         }
     }
 
-    pub fn get(&self, key: u64) -> Option<&Entity> {
-        self.find_slot(key).ok().map(|i| &self.slots[i])
+    /// The entity for `key`.
+    pub fn get(&self, key: u64) -> Option<EntityRef<'_>> {
+        self.find_slot(key).ok().map(|i| EntityRef {
+            block: &self.slots[i],
+            layout: &self.layout,
+        })
     }
 
-    /// The entity for `key` (mutable) and the table layout.
-    pub fn get_mut(&mut self, key: u64) -> Option<(&mut Entity, &Layout)> {
+    /// The entity for `key`, mutably.
+    pub fn get_mut(&mut self, key: u64) -> Option<EntityMut<'_>> {
         match self.find_slot(key) {
-            Ok(i) => Some((&mut self.slots[i], &self.layout)),
+            Ok(i) => Some(EntityMut {
+                block: &mut self.slots[i],
+                layout: &self.layout,
+            }),
             Err(_) => None,
         }
     }
 
-    /// The entity for `key`, created empty if absent, and the table layout.
-    pub fn get_or_insert(&mut self, key: u64) -> (&mut Entity, &Layout) {
+    /// The entity for `key`, created empty if absent.
+    pub fn get_or_insert(&mut self, key: u64) -> EntityMut<'_> {
         let i = match self.find_slot(key) {
             Ok(i) => i,
             Err(mut i) => {
@@ -780,17 +982,23 @@ impl EntityTable {
                     Some((b, cap)) => (Some(b), cap),
                     None => (None, 0),
                 };
-                self.slots[i] = Entity::new(key, &self.layout, block, cap);
+                self.slots[i] = EntityBlock::new(key, &self.layout, block, cap);
                 self.len += 1;
                 i
             }
         };
-        (&mut self.slots[i], &self.layout)
+        EntityMut {
+            block: &mut self.slots[i],
+            layout: &self.layout,
+        }
     }
 
     fn grow(&mut self) {
         let cap = self.slots.len() * 2;
-        let old = std::mem::replace(&mut self.slots, (0..cap).map(|_| Entity::empty()).collect());
+        let old = std::mem::replace(
+            &mut self.slots,
+            (0..cap).map(|_| EntityBlock::empty()).collect(),
+        );
         self.mask = cap - 1;
         for e in old.into_iter().filter(|e| e.key != 0) {
             let i = match self.find_slot(e.key) {
@@ -802,7 +1010,7 @@ impl EntityTable {
 
     /// Visits every entity; those for which `keep` returns false are removed. One pass over
     /// the slots with backward-shift deletion, so no tombstones are ever left.
-    pub fn retain(&mut self, mut keep: impl FnMut(&Entity) -> bool) {
+    pub fn retain(&mut self, mut keep: impl FnMut(&EntityBlock) -> bool) {
         if self.len == 0 {
             return;
         }
@@ -828,7 +1036,7 @@ impl EntityTable {
 
     /// Removes the entity at slot `i` and shifts later members of its probe run back.
     fn remove_at(&mut self, mut i: usize) {
-        let removed = std::mem::replace(&mut self.slots[i], Entity::empty());
+        let removed = std::mem::replace(&mut self.slots[i], EntityBlock::empty());
         if self.pool.len() < POOL_MAX && removed.cap > 0 && removed.cap <= POOL_CAP_MAX {
             self.pool.push((removed.block, removed.cap));
         }
@@ -854,13 +1062,14 @@ impl EntityTable {
         }
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = &Entity> {
+    pub fn iter(&self) -> impl Iterator<Item = &EntityBlock> {
         self.slots.iter().filter(|e| e.key != 0)
     }
 
     /// Heap bytes: the slots plus every block.
     pub fn heap_bytes(&self) -> usize {
-        self.slots.len() * size_of::<Entity>() + self.iter().map(Entity::heap_bytes).sum::<usize>()
+        self.slots.len() * size_of::<EntityBlock>()
+            + self.iter().map(EntityBlock::heap_bytes).sum::<usize>()
     }
 }
 
@@ -917,9 +1126,7 @@ mod tests {
             .map(|k| k.wrapping_mul(0x9e37_79b9_7f4a_7c15))
             .collect();
         for &k in &keys {
-            let (e, l) = t.get_or_insert(k);
-            let l = *l;
-            e.insert(&l, 0, &ev(k as i64 & 0xffff));
+            t.get_or_insert(k).insert(0, &ev(k as i64 & 0xffff));
         }
         assert_eq!(t.len(), keys.len());
         for &k in &keys {
@@ -935,27 +1142,28 @@ mod tests {
 
     #[test]
     fn entity_columns_keep_aggregates_and_events_apart() {
-        let layout = all_columns();
-        let mut e = Entity::new(7, &layout, None, 0);
+        let mut t = EntityTable::new(all_columns());
+        let mut e = t.get_or_insert(7);
         for ts in 0..10 {
             let n = e.len();
-            e.insert(&layout, n, &ev(ts));
+            e.insert(n, &ev(ts));
         }
-        e.insert(&layout, 3, &ev(2));
+        e.insert(3, &ev(2));
         {
-            let (wins, risks, events) = e.parts_mut(&layout);
+            let (wins, risks, events) = e.parts_mut();
             assert_eq!((wins.len(), risks.len(), events.len()), (2, 1, 11));
             wins[1].n = 42;
             risks[0].fraud = 3;
         }
-        e.drop_front(&layout, 6);
-        e.set_label(&layout, 1, true, 99);
+        e.drop_front(6);
+        e.set_label(1, true, 99);
         // Growth after dropping compacts instead of growing.
         for ts in 10..20 {
             let n = e.len();
-            e.insert(&layout, n, &ev(ts));
+            e.insert(n, &ev(ts));
         }
-        let (wins, risks, events) = e.parts(&layout);
+        let e = t.get(7).expect("inserted");
+        let (wins, risks, events) = e.parts();
         assert_eq!(wins[1].n, 42);
         assert_eq!(risks[0].fraud, 3);
         let ts: Vec<i64> = events.ts.to_vec();
@@ -968,7 +1176,8 @@ mod tests {
         assert_eq!(events.known_at[1], 99);
         assert!(events.lat[0].is_nan());
         assert_eq!((e.front_ts, e.last_ts), (5, 19));
-        e.drop_front(&layout, 15);
+        let mut e = t.get_mut(7).expect("inserted");
+        e.drop_front(15);
         assert_eq!(e.len(), 0);
         assert_eq!((e.front_ts, e.last_ts), (i64::MAX, i64::MIN));
     }

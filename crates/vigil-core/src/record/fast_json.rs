@@ -1,15 +1,14 @@
 //! A fast path for decoding the JSON transaction record, the Kafka path's input.
 //!
-//! Decoding and validating a typical 200-byte record took 490-525 ns with serde_json's derived
-//! decoder (`perf`: string scanning, the field-name visitor, `Option` wrappers, copies), a fifth
-//! of a scoring thread's time; 310-365 ns with this path (`examples/scorer_profile.rs`, "JSON
-//! decode", same machine and session). The
-//! record is a flat object of a dozen known fields with plain values, so this reads exactly that
-//! shape directly and gives up (`None`) on anything else: escapes in strings, unknown or
+//! serde_json's derived decoder is costly on this record (`perf`: string scanning, the field-name
+//! visitor, `Option` wrappers, copies), and decoding was a large share of a scoring thread's time;
+//! this path is markedly faster (BENCHMARKS.md, "Figures moved from code comments (vigil-core)").
+//! The record is a flat object of a dozen known fields with plain values, so this reads exactly
+//! that shape directly and gives up (`None`) on anything else: escapes in strings, unknown or
 //! repeated fields, nested values, numbers outside the range where every decoder agrees, bad
-//! syntax. The caller then decodes with serde_json, which accepts the same language and words
-//! the errors. So for every input, the result equals serde_json's; the tests check it on
-//! generated records and on edge cases.
+//! syntax. The caller then decodes with serde_json, which accepts the same language and words the
+//! errors. So for every input, the result equals serde_json's; the tests check it on generated
+//! records and on edge cases.
 
 use super::{RawLabel, RawTimestamp, RawTransaction};
 
