@@ -48,7 +48,7 @@ use std::time::Instant;
 
 use tokio::sync::broadcast;
 
-use crate::features::{EngineStats, EventOutcome, LabelSchedule};
+use crate::features::{EngineStats, EventOutcome};
 use crate::model::Model;
 use crate::partition::partition_for;
 use crate::record::{LabelEvent, Transaction};
@@ -74,22 +74,20 @@ pub struct ScoreOptions {
     pub with_features: bool,
 }
 
-/// Window state and pending labels of one partition.
-struct Shard {
+/// One partition: its scorer (window state and the labels waiting for their `known_at`, delivered
+/// by [`crate::features::Shard`] exactly as the trainer's replay delivers them) and the model
+/// generation it uses.
+struct Partition {
     scorer: Scorer,
     /// The model generation `scorer` uses.
     generation: u64,
-    /// Labels wait here until the partition's event time reaches their `known_at`, exactly as
-    /// [`crate::features::replay`] delivers them offline; a label received after that is applied
-    /// before the next transaction.
-    labels: LabelSchedule,
 }
 
 /// The shared scoring core of a serving process. See the module docs.
 pub struct ScoringCore {
     model: RwLock<Arc<Model>>,
     generation: AtomicU64,
-    shards: Box<[Mutex<Shard>]>,
+    shards: Box<[Mutex<Partition>]>,
     alerts: broadcast::Sender<Arc<Verdict>>,
     /// The latest labels (at most [`LABEL_MEMORY`]), queued again for a partition that is reset,
     /// so a rebuild replays its transactions with the labels it had.
@@ -104,7 +102,7 @@ impl ScoringCore {
     pub fn new(model: Arc<Model>, partitions: u32, alert_buffer: usize) -> ScoringCore {
         let partitions = partitions.max(1);
         let shards = (0..partitions)
-            .map(|_| Mutex::new(Self::fresh_shard(&model, 0)))
+            .map(|_| Mutex::new(Self::fresh_partition(&model, 0)))
             .collect();
         let (alerts, _) = broadcast::channel(alert_buffer.max(1));
         ScoringCore {
@@ -127,11 +125,10 @@ impl ScoringCore {
         }
     }
 
-    fn fresh_shard(model: &Arc<Model>, generation: u64) -> Shard {
-        Shard {
+    fn fresh_partition(model: &Arc<Model>, generation: u64) -> Partition {
+        Partition {
             scorer: Scorer::new(Arc::clone(model)),
             generation,
-            labels: LabelSchedule::new(model.spec.label_latency_ms()),
         }
     }
 
@@ -168,7 +165,7 @@ impl ScoringCore {
     }
 
     /// Locks a partition's state, bringing it to the current model first.
-    fn shard(&self, partition: u32) -> MutexGuard<'_, Shard> {
+    fn shard(&self, partition: u32) -> MutexGuard<'_, Partition> {
         let i = (partition as usize).min(self.shards.len() - 1);
         // A panic while holding the lock cannot leave a shard half-updated in a way that matters
         // more than stopping would, so a poisoned lock is used as is.
@@ -198,13 +195,10 @@ impl ScoringCore {
         let partition = self.partition_of(&tx.card_id);
         let scored = {
             let mut shard = self.shard(partition);
-            let Shard { scorer, labels, .. } = &mut *shard;
+            let scorer = &mut shard.scorer;
             let (verdict, outcome) = if opts.dry_run {
                 (scorer.peek(tx), None)
             } else {
-                for label in labels.due(tx.timestamp_ms) {
-                    scorer.observe_label(&label);
-                }
                 let (v, o) = scorer.score(tx);
                 (v, Some(o))
             };
@@ -224,12 +218,7 @@ impl ScoringCore {
     pub fn score_in(&self, path: ScoringPath, partition: u32, tx: &Transaction) -> Scored {
         let started = Instant::now();
         let scored = {
-            let mut shard = self.shard(partition);
-            let Shard { scorer, labels, .. } = &mut *shard;
-            for label in labels.due(tx.timestamp_ms) {
-                scorer.observe_label(&label);
-            }
-            let (verdict, outcome) = scorer.score(tx);
+            let (verdict, outcome) = self.shard(partition).scorer.score(tx);
             Scored {
                 verdict,
                 outcome: Some(outcome),
@@ -250,12 +239,7 @@ impl ScoringCore {
     /// Adds `tx` to `partition`'s state without scoring it or publishing anything: rebuilding
     /// state from already-scored history after a restart or a rebalance.
     pub fn warm_in(&self, partition: u32, tx: &Transaction) -> EventOutcome {
-        let mut shard = self.shard(partition);
-        let Shard { scorer, labels, .. } = &mut *shard;
-        for label in labels.due(tx.timestamp_ms) {
-            scorer.observe_label(&label);
-        }
-        scorer.warm(tx)
+        self.shard(partition).scorer.warm(tx)
     }
 
     /// Queues a label for every partition (the one holding its transaction applies it when its
@@ -269,7 +253,7 @@ impl ScoringCore {
             log.push_back(label.clone());
         }
         for p in 0..self.partitions() {
-            self.shard(p).labels.push_label(label.clone());
+            self.shard(p).scorer.push_label(label.clone());
         }
     }
 
@@ -280,9 +264,9 @@ impl ScoringCore {
         let model = self.model();
         let generation = self.generation.load(Ordering::Acquire);
         let i = (partition as usize).min(self.shards.len() - 1);
-        let mut fresh = Self::fresh_shard(&model, generation);
+        let mut fresh = Self::fresh_partition(&model, generation);
         for label in self.labels.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            fresh.labels.push_label(label.clone());
+            fresh.scorer.push_label(label.clone());
         }
         let mut shard = self.shards[i].lock().unwrap_or_else(|e| e.into_inner());
         *shard = fresh;

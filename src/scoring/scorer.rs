@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::features::{EventOutcome, FeatureEngine};
+use crate::features::{EventOutcome, FeatureEngine, Shard};
 use crate::model::Model;
 use crate::record::{LabelEvent, Transaction};
 
@@ -24,11 +24,15 @@ pub struct SpecMismatch {
 pub const DEFAULT_REASONS: usize = 3;
 
 /// Scores transactions against one model, keeping the window state the model's spec needs.
+///
+/// The state is a live [`Shard`]: labels pushed with [`push_label`](Self::push_label) reach the
+/// features when the transactions' event time reaches their `known_at`, exactly as the trainer's
+/// replay delivers them.
 pub struct Scorer {
     model: Arc<Model>,
     /// The model's names as verdicts carry them.
     names: Names,
-    engine: FeatureEngine,
+    state: Shard,
     row: Vec<f32>,
     n_reasons: usize,
 }
@@ -59,7 +63,7 @@ impl Scorer {
     pub fn new(model: Arc<Model>) -> Scorer {
         let n = model.spec.n_features();
         Scorer {
-            engine: FeatureEngine::new(model.spec.clone()),
+            state: Shard::live(model.spec.clone()),
             names: Names::of(&model),
             model,
             row: vec![0.0; n],
@@ -97,30 +101,37 @@ impl Scorer {
     }
 
     pub fn engine(&self) -> &FeatureEngine {
-        &self.engine
+        self.state.engine()
     }
 
-    /// Scores `tx` and adds it to its card's and merchant's history (authorization-time scoring).
+    /// Delivers the labels known by `tx`'s time, scores `tx` and adds it to its card's and
+    /// merchant's history (authorization-time scoring).
     pub fn score(&mut self, tx: &Transaction) -> (Verdict, EventOutcome) {
-        let outcome = self.engine.process(tx, &mut self.row);
+        let outcome = self.state.process(tx, &mut self.row);
         (self.verdict(tx), outcome)
     }
 
     /// Adds `tx` to the window state without scoring it (rebuilding state from history that was
     /// already scored).
     pub fn warm(&mut self, tx: &Transaction) -> EventOutcome {
-        self.engine.process(tx, &mut self.row)
+        self.state.process(tx, &mut self.row)
     }
 
     /// Scores `tx` from the current state without changing it (dry run).
     pub fn peek(&mut self, tx: &Transaction) -> Verdict {
-        self.engine.peek(tx, &mut self.row);
+        self.state.peek(tx, &mut self.row);
         self.verdict(tx)
     }
 
-    /// Feeds a label (chargeback, analyst decision) to the label-delayed risk features.
-    pub fn observe_label(&mut self, label: &LabelEvent) {
-        self.engine.observe_label(label);
+    /// Queues a label (chargeback, analyst decision) for the label-delayed risk features; it
+    /// counts from the first transaction scored at or after its `known_at`.
+    pub fn push_label(&mut self, label: LabelEvent) {
+        self.state.push_label(label);
+    }
+
+    /// Labels queued and not yet known by the state's event time.
+    pub fn pending_labels(&self) -> usize {
+        self.state.pending_labels()
     }
 
     /// The feature row of the last scored transaction, in `model.spec.feature_names()` order.

@@ -4,7 +4,6 @@
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use rdkafka::client::ClientContext;
 use rdkafka::message::{Header, Message, OwnedHeaders};
