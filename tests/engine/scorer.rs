@@ -1,6 +1,7 @@
-//! Trainer and scorer agree: a model trained by the offline trainer, written to a file and loaded back,
-//! scores every transaction of a history, fed one at a time through `Scorer` (the live path),
-//! exactly as the trainer's own forest scores the batch feature matrix of the same history.
+//! Trainer and scorer agree: a model trained by the offline trainer, written to a file and
+//! loaded back, scores every transaction of a history, fed one at a time through `Scorer` (the
+//! live path), exactly as the trainer's own forest scores the batch feature matrix of the same
+//! history.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use vigil::model;
 use vigil::offline::{self, Quiet, SplitSpec, TrainOptions};
 use vigil::record::{read_history_from, ReadOptions, Transaction};
 use vigil::scorer::Scorer;
+
+use crate::support::default_spec;
 
 fn history(rows: u64, seed: u64) -> Vec<Transaction> {
     let cfg = GeneratorConfig {
@@ -34,15 +37,10 @@ fn history(rows: u64, seed: u64) -> Vec<Transaction> {
     h.transactions
 }
 
-fn spec() -> Arc<FeatureSpec> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("training/features.toml");
-    Arc::new(FeatureSpec::load(&path).expect("default spec loads"))
-}
-
 #[test]
 fn live_scores_equal_trainer_predictions_after_a_file_round_trip() {
     let txs = history(12_000, 3);
-    let spec = spec();
+    let spec = default_spec();
     let params = RandomForestParams::new()
         .n_trees(24)
         .max_depth(Some(10))
@@ -111,7 +109,7 @@ fn live_scores_equal_trainer_predictions_after_a_file_round_trip() {
 #[test]
 fn model_for_another_spec_is_refused() {
     let txs = history(6_000, 5);
-    let spec = spec();
+    let spec = default_spec();
     let params = RandomForestParams::new()
         .n_trees(4)
         .max_depth(Some(4))
