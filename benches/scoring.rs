@@ -15,7 +15,7 @@
 //! 6.5 and 11.6 us; explain with one repeated row 2.8 us (score 1.9 us). Reason tables: 4.6 MB
 //! next to 1.7 MB for the walk.
 
-#[path = "../tests/scoring_gen/mod.rs"]
+#[path = "../tests/support/scoring_gen.rs"]
 mod gen;
 
 use std::hint::black_box;

@@ -9,6 +9,12 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Exp, LogNormal};
 use vigil::record::{Channel, LabelEvent, Transaction};
 
+// The tests' transaction builder (relative to this file, so the example that includes it too
+// finds it).
+#[path = "../../tests/support/tx.rs"]
+mod tx;
+use tx::tx;
+
 pub const T0: i64 = 1_700_000_000_000;
 
 pub enum Item {
@@ -79,21 +85,18 @@ impl Stream {
         let located = channel == Channel::Pos || channel == Channel::Atm;
         let (lat, lon) = (40.0 + (home % 10) as f64, (home % 20) as f64 - 5.0);
         self.seq += 1;
-        Transaction {
-            transaction_id: format!("t{}", self.seq),
-            timestamp_ms: ts,
-            card_id: format!("card{card}"),
-            merchant_id: format!("m{merchant}"),
-            amount: self.amount.sample(&mut self.rng),
-            label: None,
-            label_time_ms: None,
-            currency: None,
-            mcc: Some(5411),
-            country: Some(country.to_string()),
-            channel: Some(channel),
-            lat: located.then(|| lat + self.rng.gen_range(-0.1..0.1)),
-            lon: located.then(|| lon + self.rng.gen_range(-0.1..0.1)),
-        }
+        // The setters are called in the order of the random draws (it fixes the stream).
+        tx(format!("t{}", self.seq))
+            .at(ts)
+            .card(format!("card{card}"))
+            .merchant(format!("m{merchant}"))
+            .amount(self.amount.sample(&mut self.rng))
+            .mcc(5411)
+            .country(country)
+            .channel(channel)
+            .lat(located.then(|| lat + self.rng.gen_range(-0.1..0.1)))
+            .lon(located.then(|| lon + self.rng.gen_range(-0.1..0.1)))
+            .build()
     }
 
     /// Appends the next `n` transactions, with the labels due before each of them.

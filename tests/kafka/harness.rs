@@ -1,14 +1,13 @@
-//! Test harness for the Kafka tests: a real tansu broker per test (sqlite storage in a temporary
-//! directory, a free loopback port), `vigil serve` as a child process, random topic and group
-//! names, and readers that collect what a topic holds.
+//! Test harness for the Kafka tests, on top of the shared one (`tests/support`): a real tansu
+//! broker per test (sqlite storage in a temporary directory, a free loopback port), `vigil serve`
+//! as a child process, random topic and group names, and readers that collect what a topic holds.
 //!
 //! The broker binary comes from `TANSU_BIN` (scripts/test.sh installs tansu 0.6.0 and sets it),
 //! else `target/tools/bin/tansu`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -19,14 +18,11 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use vigil::decision::Decision;
-use vigil::model::Model;
 use vigil::record::Transaction;
 use vigil::scoring::ScoringCore;
 use vigil::stream::wire::{encode_transaction, VerdictRecord};
 
-pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use crate::support::{default_model_path, free_port, model, repo, vigil, Process};
 
 fn tansu_bin() -> PathBuf {
     let bin = std::env::var_os("TANSU_BIN")
@@ -39,11 +35,6 @@ fn tansu_bin() -> PathBuf {
     );
     // The broker runs in its own directory: a relative path would not resolve there.
     bin.canonicalize().unwrap_or(bin)
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    l.local_addr().expect("local addr").port()
 }
 
 /// A tansu broker with sqlite storage, killed when dropped.
@@ -151,13 +142,6 @@ impl Names {
     }
 }
 
-/// A `vigil serve` child process, killed when dropped.
-pub struct Serve {
-    child: Option<Child>,
-    pub log: PathBuf,
-    _dir: Arc<tempfile::TempDir>,
-}
-
 pub struct ServeSpec<'a> {
     pub brokers: &'a str,
     pub names: &'a Names,
@@ -172,18 +156,18 @@ impl<'a> ServeSpec<'a> {
         ServeSpec {
             brokers,
             names,
-            model: repo().join("models/default.vgm"),
+            model: default_model_path(),
             metrics_addr: String::new(),
             args: Vec::new(),
             env: Vec::new(),
         }
     }
 
-    pub fn start(&self) -> Serve {
-        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
-        let log = dir.path().join("serve.log");
+    /// Starts `vigil serve` (a [`Process`]: killed when dropped, its log printed if the test
+    /// fails; `vigil` logs to stderr).
+    pub fn start(&self) -> Process {
         let n = self.names;
-        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        vigil()
             .arg("serve")
             .args(["--brokers", self.brokers, "--group", &n.group])
             .args([
@@ -201,93 +185,11 @@ impl<'a> ServeSpec<'a> {
             .args(["--set", "kafka.consumer.session.timeout.ms=6000"])
             .args(["--set", "kafka.consumer.heartbeat.interval.ms=1000"])
             .args(&self.args)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "info,rdkafka=warn")
             .env("NO_COLOR", "1")
-            .current_dir(repo())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("serve log"))
             .spawn()
-            .expect("start vigil serve");
-        Serve {
-            child: Some(child),
-            log,
-            _dir: dir,
-        }
     }
-}
-
-impl Serve {
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, |c| c.id())
-    }
-
-    /// SIGKILL: no clean-up at all.
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{sig}"), &self.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    /// SIGTERM and wait for the exit (graceful shutdown).
-    pub fn terminate(&mut self) -> ExitStatus {
-        self.signal("TERM");
-        self.wait(Duration::from_secs(60))
-    }
-
-    /// Waits for the process to exit by itself.
-    pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        let child = self.child.as_mut().expect("running");
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                self.child = None;
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vigil serve did not exit; log:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "--- vigil serve log ({}) ---\n{}",
-                self.log.display(),
-                self.log_text()
-            );
-        }
-        self.kill9();
-    }
-}
-
-/// The sample history's first `n` transactions, in event-time order.
-pub fn sample(n: usize) -> Vec<Transaction> {
-    let h = vigil::record::read_history(&repo().join("data/sample.csv"), Default::default())
-        .expect("sample history");
-    let mut txs = h.transactions;
-    txs.sort_by_key(|t| t.timestamp_ms);
-    txs.truncate(n);
-    txs
 }
 
 /// A copy of the shipped model to serve from (in `dir`), and the header of another version of
@@ -298,17 +200,13 @@ pub fn serving_copy(
     decline: f32,
 ) -> (PathBuf, vigil::model::ModelHeader) {
     let path = dir.join("serving.vgm");
-    std::fs::copy(repo().join("models/default.vgm"), &path).expect("copy model");
+    std::fs::copy(default_model_path(), &path).expect("copy model");
     let old = model();
     let mut header = old.header.clone();
     header.thresholds = vigil::decision::Thresholds::new(review, decline).expect("thresholds");
     header.version = vigil::model::format::content_version(&header, &old.forest);
     assert_ne!(header.version, old.header.version);
     (path, header)
-}
-
-pub fn model() -> Arc<Model> {
-    Arc::new(vigil::model::load(&repo().join("models/default.vgm"), None).expect("model"))
 }
 
 /// One input record: key and payload as produced.
@@ -595,10 +493,6 @@ pub fn http_get(addr: &str, path: &str) -> String {
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
     body
-}
-
-pub fn free_addr() -> String {
-    format!("127.0.0.1:{}", free_port())
 }
 
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {

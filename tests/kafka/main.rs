@@ -3,11 +3,15 @@
 //! no transactions). `vigil serve` runs as a child process, so a crash is a real `kill -9`.
 //!
 //! These tests need the broker binary and are `#[ignore]`d in a plain `cargo test`;
-//! `scripts/test.sh` installs tansu and runs them (`--include-ignored`).
+//! `scripts/test.sh` installs tansu and runs them (`--ignored`). The two that need no broker
+//! (configuration refusals, exactly-once on the mock cluster) run in every `cargo test`.
 //!
 //! The reference every verdict is compared with is an uninterrupted in-process run over the
 //! transactions topic as it ended up (each partition in offset order through a fresh
 //! `ScoringCore`): "verdicts equal those of a scorer that never stopped".
+
+#[path = "../support/mod.rs"]
+mod support;
 
 mod harness;
 
@@ -15,6 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use harness::*;
+use support::{free_addr, model, sample, vigil};
 use vigil::decision::Decision;
 use vigil::stream::wire::{self, VerdictRecord};
 
@@ -101,7 +106,7 @@ fn every_record_ends_as_one_verdict_or_one_dead_letter_and_offsets_are_committed
     assert!(
         status.success(),
         "graceful shutdown: {status:?}\n{}",
-        serve.log_text()
+        serve.stderr_text()
     );
     // Nothing more arrives after the end (no duplicate from the shutdown).
     verdicts.read_for(Duration::from_secs(1));
@@ -235,12 +240,12 @@ fn protobuf_input_is_scored_and_bad_messages_are_dead_letters() {
             "not every record was answered: {} verdicts, {} dead letters of {total}\n{}",
             verdicts.records.len(),
             dlq.records.len(),
-            serve.log_text()
+            serve.stderr_text()
         );
         verdicts.read_for(Duration::from_millis(200));
         dlq.read_for(Duration::from_millis(100));
     }
-    assert!(serve.terminate().success(), "{}", serve.log_text());
+    assert!(serve.terminate().success(), "{}", serve.stderr_text());
 
     let reference = reference_as(&b, &names.transactions, total, InputFormat::Protobuf);
     let per_tx = check_against_reference(&verdicts.records, &reference);
@@ -317,7 +322,7 @@ fn kill_9_and_restart_every_transaction_scored_as_if_uninterrupted() {
     assert_eq!(per_tx.len(), ids.len());
     let dups: usize = per_tx.values().map(|n| n - 1).sum();
     eprintln!("killed after {before} verdicts; {dups} transactions scored twice (at-least-once)");
-    let log = std::fs::read_to_string(&first.log).unwrap_or_default();
+    let log = first.stderr_text();
     assert!(log.contains("partitions assigned"), "{log}");
 }
 
@@ -371,7 +376,7 @@ fn two_scorers_in_one_group_split_the_partitions_and_score_everything() {
     let reference = reference(&b, &names.transactions, txs.len());
     let per_tx = check_against_reference(&verdicts.records, &reference);
     assert_eq!(per_tx.len(), ids.len());
-    let log_b = second.log_text();
+    let log_b = second.stderr_text();
     assert!(
         log_b.contains("state rebuilt") || log_b.contains("rebuilding"),
         "{log_b}"
@@ -402,7 +407,7 @@ fn broker_restart_mid_stream_loses_nothing() {
     let ids: HashSet<&str> = txs.iter().map(|t| t.transaction_id.as_str()).collect();
     let mut verdicts = Reader::new(&b, &names.verdicts, false);
     verdicts.read_until_verdicts_for(&ids, Duration::from_secs(180));
-    assert!(serve.terminate().success(), "{}", serve.log_text());
+    assert!(serve.terminate().success(), "{}", serve.stderr_text());
     let reference = reference(&b, &names.transactions, txs.len());
     let per_tx = check_against_reference(&verdicts.records, &reference);
     assert_eq!(per_tx.len(), ids.len());
@@ -442,7 +447,7 @@ fn hot_reload_under_load_switches_models_without_a_gap_and_refuses_a_bad_file() 
     wait_for(
         "the bad file to be refused",
         Duration::from_secs(20),
-        || serve.log_text().contains("model reload refused"),
+        || serve.stderr_text().contains("model reload refused"),
     );
     let n = verdicts.records.len();
     verdicts.read_until(
@@ -458,9 +463,9 @@ fn hot_reload_under_load_switches_models_without_a_gap_and_refuses_a_bad_file() 
     verdicts.read_until_verdicts_for(&ids, Duration::from_secs(120));
     assert!(serve.terminate().success());
     assert!(
-        serve.log_text().contains("model reloaded"),
+        serve.stderr_text().contains("model reloaded"),
         "{}",
-        serve.log_text()
+        serve.stderr_text()
     );
 
     let all: Vec<VerdictRecord> = verdicts.records.iter().map(Record::verdict).collect();
@@ -514,21 +519,17 @@ fn hot_reload_under_load_switches_models_without_a_gap_and_refuses_a_bad_file() 
 
 #[test]
 fn bad_configuration_is_refused_naming_the_key() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+    let err = vigil()
         .args(["serve", "--set", "pipeline.queue_capacity=0"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        .assert_failure()
+        .stderr;
     assert!(err.contains("pipeline.queue_capacity"), "{err}");
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vigil"))
+    let err = vigil()
         .args(["serve", "--set", "kafka.consumer.session.timeout.ms=banana"])
         .args(["--metrics-addr", "", "--brokers", "127.0.0.1:1"])
-        .output()
-        .expect("run");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        .assert_failure()
+        .stderr;
     assert!(
         err.contains("session.timeout.ms"),
         "librdkafka names the property: {err}"
@@ -575,9 +576,11 @@ fn exactly_once_on_the_mock_cluster_survives_a_crash_mid_transaction() {
     let status = crashing.wait(Duration::from_secs(120));
     assert!(!status.success(), "the failpoint aborts the process");
     assert!(
-        crashing.log_text().contains("VIGIL_FAILPOINT_ABORT_AFTER"),
+        crashing
+            .stderr_text()
+            .contains("VIGIL_FAILPOINT_ABORT_AFTER"),
         "{}",
-        crashing.log_text()
+        crashing.stderr_text()
     );
 
     spec.env.clear();
@@ -589,7 +592,7 @@ fn exactly_once_on_the_mock_cluster_survives_a_crash_mid_transaction() {
         |r| r.len() >= txs.len(),
     );
     committed.read_for(Duration::from_secs(2));
-    assert!(serve.terminate().success(), "{}", serve.log_text());
+    assert!(serve.terminate().success(), "{}", serve.stderr_text());
     committed.read_for(Duration::from_secs(1));
 
     let mut per_tx: HashMap<String, usize> = HashMap::new();
@@ -606,7 +609,7 @@ fn exactly_once_on_the_mock_cluster_survives_a_crash_mid_transaction() {
     // The restart resumed at the last committed transaction's offsets (5 transactions of 200
     // records were committed before the crash at record 1100), not from the start, and not
     // past the open transaction.
-    let log = serve.log_text();
+    let log = serve.stderr_text();
     assert!(log.contains("records=2000 scored=2000"), "{log}");
     // And the committed verdicts equal an uninterrupted run.
     let reference = reference(&b, &names.transactions, txs.len());
@@ -638,12 +641,12 @@ fn sighup_reloads_the_model_when_watching_is_off() {
     vigil::model::save(&path, &header, &old.forest).expect("save new model");
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
-        !serve.log_text().contains("model reloaded"),
+        !serve.stderr_text().contains("model reloaded"),
         "watching is off"
     );
     serve.signal("HUP");
     wait_for("the reload", Duration::from_secs(20), || {
-        serve.log_text().contains("model reloaded")
+        serve.stderr_text().contains("model reloaded")
     });
     let body = http_get(&metrics, "/metrics");
     assert!(
@@ -728,7 +731,7 @@ fn the_labels_topic_feeds_the_scoring_core() {
     verdicts.read_until(Duration::from_secs(60), "every verdict", |r| {
         r.len() >= txs.len()
     });
-    assert!(serve.terminate().success(), "{}", serve.log_text());
+    assert!(serve.terminate().success(), "{}", serve.stderr_text());
 }
 
 #[test]
@@ -866,6 +869,38 @@ fn an_alert_from_the_kafka_path_reaches_the_grpc_alert_stream() {
         on_kafka.len(),
         got.len()
     );
+
+    // The same flagged transaction again (a producer's retry): the verdicts topic answers it,
+    // but it is not a second alert, on Kafka or on the gRPC stream (the one `is_alert` rule).
+    let again = txs
+        .iter()
+        .find(|t| on_kafka.iter().any(|(id, ..)| *id == t.transaction_id))
+        .expect("a flagged transaction");
+    let id = again.transaction_id.as_str();
+    produce(&b, &names.transactions, &[Input::tx(again)], None);
+    verdicts.read_until(
+        Duration::from_secs(60),
+        "the repeated transaction's verdict",
+        |r| {
+            r.iter()
+                .filter(|x| x.verdict().transaction_id == id)
+                .count()
+                >= 2
+        },
+    );
+    alerts.read_for(Duration::from_secs(1));
+    let alerted = alerts
+        .records
+        .iter()
+        .filter(|r| r.verdict().transaction_id == id)
+        .count();
+    assert_eq!(
+        alerted, 1,
+        "{id} scored twice is one alert on the alerts topic"
+    );
+    if let Ok(extra) = alerts_rx.recv_timeout(Duration::from_secs(1)) {
+        panic!("{id} scored twice was alerted again on the gRPC stream: {extra:?}");
+    }
 
     // A subscriber still connected does not hold up a graceful stop; its stream just ends.
     let status = serve.terminate();

@@ -9,8 +9,8 @@ use rdkafka::client::ClientContext;
 use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 
-use crate::stream::config::StreamConfig;
 use crate::scoring::ScoringCore;
+use crate::stream::config::StreamConfig;
 use crate::stream::kafka;
 use crate::stream::offsets::{OffsetTracker, Slot};
 use crate::stream::wire::{self, decode_transaction_as, encode_verdict_into, InputFormat};

@@ -61,9 +61,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::Producer;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::stream::config::StreamConfig;
 use crate::scoring::ScoringCore;
 use crate::shutdown::Shutdown;
+use crate::stream::config::StreamConfig;
 use crate::telemetry::{self, StreamMetrics};
 
 use super::kafka;

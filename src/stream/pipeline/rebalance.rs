@@ -17,8 +17,8 @@ use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::stream::config::StreamConfig;
 use crate::scoring::ScoringCore;
+use crate::stream::config::StreamConfig;
 use crate::stream::offsets::OffsetTracker;
 use crate::stream::rebuild;
 use crate::stream::{Status, StreamError};

@@ -1,7 +1,6 @@
 //! Feature engine behaviour: batch replay equals online processing, hand-computed semantics
 //! (ties, lateness, labels known by the event time, eviction), spec loading.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
@@ -9,35 +8,15 @@ use rand_chacha::ChaCha8Rng;
 use vigil::features::{replay, EventOutcome, FeatureEngine, FeatureSpec, LabelOutcome, SpecError};
 use vigil::record::{Channel, LabelEvent, Transaction};
 
+use crate::support::{default_spec, repo, tx};
+
 const MIN: i64 = 60_000;
 const HOUR: i64 = 60 * MIN;
 const DAY: i64 = 24 * HOUR;
 const T0: i64 = 1_700_000_000_000;
 
-fn default_spec() -> Arc<FeatureSpec> {
-    Arc::new(FeatureSpec::load(Path::new("training/features.toml")).expect("default spec"))
-}
-
 fn spec(toml: &str) -> Arc<FeatureSpec> {
     Arc::new(FeatureSpec::from_toml_str(toml).expect("spec"))
-}
-
-fn tx(id: &str, ts: i64, card: &str, merchant: &str, amount: f64) -> Transaction {
-    Transaction {
-        transaction_id: id.into(),
-        timestamp_ms: ts,
-        card_id: card.into(),
-        merchant_id: merchant.into(),
-        amount,
-        label: None,
-        label_time_ms: None,
-        currency: None,
-        mcc: None,
-        country: None,
-        channel: None,
-        lat: None,
-        lon: None,
-    }
 }
 
 /// Column value by feature name.
@@ -57,13 +36,12 @@ fn history(seed: u64, n: usize) -> Vec<Transaction> {
     let mut out: Vec<Transaction> = (0..n)
         .map(|i| {
             let ts = T0 + rng.gen_range(0..40 * DAY) / MIN * MIN;
-            let mut t = tx(
-                &format!("h{i}"),
-                ts,
-                &format!("c{}", rng.gen_range(0..300)),
-                &format!("m{}", rng.gen_range(0..30)),
-                rng.gen_range(1.0..900.0),
-            );
+            let mut t = tx(format!("h{i}"))
+                .at(ts)
+                .card(format!("c{}", rng.gen_range(0..300)))
+                .merchant(format!("m{}", rng.gen_range(0..30)))
+                .amount(rng.gen_range(1.0..900.0))
+                .build();
             t.label = Some(rng.gen_bool(0.1));
             if rng.gen_bool(0.3) {
                 t.label_time_ms = Some(ts + rng.gen_range(0..20 * DAY));
@@ -176,7 +154,10 @@ fn windows_are_exact_look_backs_with_ties() {
     let mut row = vec![0.0; spec.n_features()];
     let c = |row: &[f32], n: &str| col(&spec, row, n);
 
-    e.process(&tx("a", T0, "c", "m", 10.0), &mut row);
+    e.process(
+        &tx("a").at(T0).card("c").merchant("m").amount(10.0).build(),
+        &mut row,
+    );
     assert_eq!(c(&row, "card_count_1h"), 0.0);
     assert_eq!(c(&row, "card_count_1h_incl"), 1.0);
     assert_eq!(c(&row, "card_sum_1h_incl"), 10.0);
@@ -184,20 +165,39 @@ fn windows_are_exact_look_backs_with_ties() {
     assert_eq!(c(&row, "card_secs_since_prev"), 5400.0);
 
     // Same timestamp, processed later: sees the first.
-    e.process(&tx("b", T0, "c", "m", 20.0), &mut row);
+    e.process(
+        &tx("b").at(T0).card("c").merchant("m").amount(20.0).build(),
+        &mut row,
+    );
     assert_eq!(c(&row, "card_count_1h"), 1.0);
     assert_eq!(c(&row, "card_sum_1h"), 10.0);
     assert_eq!(c(&row, "card_secs_since_prev"), 0.0);
 
     // Exactly one hour later: the window (t - 1h, t] excludes both.
-    e.process(&tx("c", T0 + HOUR, "c", "m", 5.0), &mut row);
+    e.process(
+        &tx("c")
+            .at(T0 + HOUR)
+            .card("c")
+            .merchant("m")
+            .amount(5.0)
+            .build(),
+        &mut row,
+    );
     assert_eq!(c(&row, "card_count_1h"), 0.0);
     assert_eq!(c(&row, "card_max_1h"), 0.0);
     assert_eq!(c(&row, "card_secs_since_prev"), 3600.0);
 
     // One millisecond less than an hour after them would have seen both.
     let mut peeked = vec![0.0; spec.n_features()];
-    e.peek(&tx("d", T0 + HOUR - 1, "c", "m", 1.0), &mut peeked);
+    e.peek(
+        &tx("d")
+            .at(T0 + HOUR - 1)
+            .card("c")
+            .merchant("m")
+            .amount(1.0)
+            .build(),
+        &mut peeked,
+    );
     assert_eq!(c(&peeked, "card_count_1h"), 2.0);
     assert_eq!(c(&peeked, "card_max_1h"), 20.0);
     assert_eq!(c(&peeked, "card_sum_1h_incl"), 31.0);
@@ -211,29 +211,72 @@ fn late_events_land_in_place_and_too_late_ones_are_counted() {
     let c = |row: &[f32], n: &str| col(&spec, row, n);
 
     assert_eq!(
-        e.process(&tx("a", T0, "c", "m", 1.0), &mut row),
+        e.process(
+            &tx("a").at(T0).card("c").merchant("m").amount(1.0).build(),
+            &mut row
+        ),
         EventOutcome::InOrder
     );
-    e.process(&tx("b", T0 + 30 * MIN, "c", "m", 2.0), &mut row);
+    e.process(
+        &tx("b")
+            .at(T0 + 30 * MIN)
+            .card("c")
+            .merchant("m")
+            .amount(2.0)
+            .build(),
+        &mut row,
+    );
     // 20 minutes behind the watermark: late, sees only what precedes it in event time.
     assert_eq!(
-        e.process(&tx("late", T0 + 10 * MIN, "c", "m", 4.0), &mut row),
+        e.process(
+            &tx("late")
+                .at(T0 + 10 * MIN)
+                .card("c")
+                .merchant("m")
+                .amount(4.0)
+                .build(),
+            &mut row
+        ),
         EventOutcome::Late
     );
     assert_eq!(c(&row, "card_count_1h"), 1.0);
     assert_eq!(c(&row, "card_sum_1h"), 1.0);
     // Later events see it.
-    e.process(&tx("d", T0 + 40 * MIN, "c", "m", 8.0), &mut row);
+    e.process(
+        &tx("d")
+            .at(T0 + 40 * MIN)
+            .card("c")
+            .merchant("m")
+            .amount(8.0)
+            .build(),
+        &mut row,
+    );
     assert_eq!(c(&row, "card_count_1h"), 3.0);
     assert_eq!(c(&row, "card_sum_1h"), 7.0);
     assert_eq!(c(&row, "card_secs_since_prev"), 600.0);
     // 35 minutes behind: too late; scored, not added.
     assert_eq!(
-        e.process(&tx("tl", T0 + 5 * MIN, "c", "m", 100.0), &mut row),
+        e.process(
+            &tx("tl")
+                .at(T0 + 5 * MIN)
+                .card("c")
+                .merchant("m")
+                .amount(100.0)
+                .build(),
+            &mut row
+        ),
         EventOutcome::TooLate
     );
     assert_eq!(c(&row, "card_count_1h"), 1.0);
-    e.process(&tx("f", T0 + 41 * MIN, "c", "m", 0.0), &mut row);
+    e.process(
+        &tx("f")
+            .at(T0 + 41 * MIN)
+            .card("c")
+            .merchant("m")
+            .amount(0.0)
+            .build(),
+        &mut row,
+    );
     assert_eq!(c(&row, "card_count_1h"), 4.0);
     assert_eq!(c(&row, "card_sum_1h"), 15.0);
     let s = e.stats();
@@ -252,14 +295,33 @@ fn clamp_policy_adds_too_late_events_at_the_lateness_boundary() {
     ));
     let mut e = FeatureEngine::new(Arc::clone(&spec));
     let mut row = vec![0.0; spec.n_features()];
-    e.process(&tx("a", T0 + 2 * HOUR, "c", "m", 1.0), &mut row);
+    e.process(
+        &tx("a")
+            .at(T0 + 2 * HOUR)
+            .card("c")
+            .merchant("m")
+            .amount(1.0)
+            .build(),
+        &mut row,
+    );
     assert_eq!(
-        e.process(&tx("old", T0, "c", "m", 4.0), &mut row),
+        e.process(
+            &tx("old").at(T0).card("c").merchant("m").amount(4.0).build(),
+            &mut row
+        ),
         EventOutcome::TooLate
     );
     // Treated as at T0 + 1h30: the event at T0 + 2h is not before it.
     assert_eq!(col(&spec, &row, "card_count_1h"), 0.0);
-    e.process(&tx("b", T0 + 2 * HOUR + 10 * MIN, "c", "m", 1.0), &mut row);
+    e.process(
+        &tx("b")
+            .at(T0 + 2 * HOUR + 10 * MIN)
+            .card("c")
+            .merchant("m")
+            .amount(1.0)
+            .build(),
+        &mut row,
+    );
     assert_eq!(col(&spec, &row, "card_sum_1h"), 5.0);
 }
 
@@ -278,8 +340,24 @@ fn risk_counts_only_labels_known_by_the_event_time() {
     let mut row = vec![0.0; spec.n_features()];
     let rate = "merchant_risk_7d_delay_7d";
     let count = "merchant_risk_count_7d_delay_7d";
-    e.process(&tx("fraud", T0, "c1", "m", 50.0), &mut row);
-    e.process(&tx("ok", T0 + HOUR, "c2", "m", 50.0), &mut row);
+    e.process(
+        &tx("fraud")
+            .at(T0)
+            .card("c1")
+            .merchant("m")
+            .amount(50.0)
+            .build(),
+        &mut row,
+    );
+    e.process(
+        &tx("ok")
+            .at(T0 + HOUR)
+            .card("c2")
+            .merchant("m")
+            .amount(50.0)
+            .build(),
+        &mut row,
+    );
     // The label is delivered early but only known from day 8.
     let label = LabelEvent {
         transaction_id: "fraud".into(),
@@ -289,13 +367,26 @@ fn risk_counts_only_labels_known_by_the_event_time() {
     assert_eq!(e.observe_label(&label), LabelOutcome::Applied);
     // Day 7.5: both in the delayed window (-6.5d, 0.5d], label not known yet.
     e.process(
-        &tx("q1", T0 + 7 * DAY + 12 * HOUR, "c3", "m", 1.0),
+        &tx("q1")
+            .at(T0 + 7 * DAY + 12 * HOUR)
+            .card("c3")
+            .merchant("m")
+            .amount(1.0)
+            .build(),
         &mut row,
     );
     assert_eq!(col(&spec, &row, count), 2.0);
     assert_eq!(col(&spec, &row, rate), 0.0);
     // Day 9: known.
-    e.process(&tx("q2", T0 + 9 * DAY, "c3", "m", 1.0), &mut row);
+    e.process(
+        &tx("q2")
+            .at(T0 + 9 * DAY)
+            .card("c3")
+            .merchant("m")
+            .amount(1.0)
+            .build(),
+        &mut row,
+    );
     assert_eq!(col(&spec, &row, count), 2.0);
     assert_eq!(col(&spec, &row, rate), 0.5);
     // A later label replaces the earlier one.
@@ -304,7 +395,15 @@ fn risk_counts_only_labels_known_by_the_event_time() {
         ..label
     };
     e.observe_label(&unlabel);
-    e.process(&tx("q3", T0 + 9 * DAY + 1, "c3", "m", 1.0), &mut row);
+    e.process(
+        &tx("q3")
+            .at(T0 + 9 * DAY + 1)
+            .card("c3")
+            .merchant("m")
+            .amount(1.0)
+            .build(),
+        &mut row,
+    );
     assert_eq!(col(&spec, &row, rate), 0.0);
     // Unknown ids are counted and ignored.
     let ghost = LabelEvent {
@@ -333,23 +432,38 @@ fn idle_entities_are_evicted_and_removed() {
     let mut row = vec![0.0; spec.n_features()];
     for i in 0..100 {
         e.process(
-            &tx(
-                &format!("t{i}"),
-                T0 + i * 10_000,
-                &format!("c{i}"),
-                "m",
-                1.0,
-            ),
+            &tx(format!("t{i}"))
+                .at(T0 + i * 10_000)
+                .card(format!("c{i}"))
+                .merchant("m")
+                .amount(1.0)
+                .build(),
             &mut row,
         );
     }
     assert_eq!(e.stats().entities, 100);
     // Retention is 1h30; a day later every one of those cards is gone.
-    e.process(&tx("late-day", T0 + DAY, "new", "m", 1.0), &mut row);
+    e.process(
+        &tx("late-day")
+            .at(T0 + DAY)
+            .card("new")
+            .merchant("m")
+            .amount(1.0)
+            .build(),
+        &mut row,
+    );
     let s = e.stats();
     assert_eq!((s.entities, s.events_held), (1, 1), "{s:?}");
     // A returning card starts from scratch.
-    e.process(&tx("back", T0 + DAY + 1, "c5", "m", 1.0), &mut row);
+    e.process(
+        &tx("back")
+            .at(T0 + DAY + 1)
+            .card("c5")
+            .merchant("m")
+            .amount(1.0)
+            .build(),
+        &mut row,
+    );
     assert_eq!(col(&spec, &row, "card_count_1h"), 0.0);
 }
 
@@ -359,7 +473,12 @@ fn features_stay_finite_on_extreme_inputs() {
     let mut e = FeatureEngine::new(Arc::clone(&spec));
     let mut row = vec![0.0; spec.n_features()];
     for (i, amount) in [0.0, 1e300, f64::MAX, 0.0, 1e-300].into_iter().enumerate() {
-        let mut t = tx(&format!("x{i}"), T0 + i as i64, "c", "m", amount);
+        let mut t = tx(format!("x{i}"))
+            .at(T0 + i as i64)
+            .card("c")
+            .merchant("m")
+            .amount(amount)
+            .build();
         t.lat = Some(if i % 2 == 0 { 89.9 } else { -89.9 });
         t.lon = Some(179.9);
         e.process(&t, &mut row);
@@ -374,7 +493,7 @@ fn spec_file_loads_and_errors_name_the_key() {
     let spec = default_spec();
     assert!((30..=45).contains(&spec.n_features()));
     assert_eq!(spec.fingerprint(), default_spec().fingerprint());
-    let err = FeatureSpec::load(Path::new("training/no-such-spec.toml")).unwrap_err();
+    let err = FeatureSpec::load(&repo().join("training/no-such-spec.toml")).unwrap_err();
     assert!(err.to_string().contains("no-such-spec.toml"), "{err}");
     let err =
         FeatureSpec::from_toml_str("[[previous]]\nentity = \"card\"\noutput = [\"secs_since\"]\n")
@@ -402,9 +521,19 @@ fn duplicate_transaction_ids_are_scored_but_not_counted_twice() {
     let mut engine = FeatureEngine::new(spec);
     let mut row = [0.0f32; 2];
     let t0 = T0;
-    let a = tx("a", t0, "c1", "m1", 10.0);
+    let a = tx("a")
+        .at(t0)
+        .card("c1")
+        .merchant("m1")
+        .amount(10.0)
+        .build();
     assert_eq!(engine.process(&a, &mut row), EventOutcome::InOrder);
-    let b = tx("b", t0 + 1000, "c1", "m1", 5.0);
+    let b = tx("b")
+        .at(t0 + 1000)
+        .card("c1")
+        .merchant("m1")
+        .amount(5.0)
+        .build();
     assert_eq!(engine.process(&b, &mut row), EventOutcome::InOrder);
     assert_eq!(row, [1.0, 10.0]);
     // `a` again (a late retry): scored from the state, which holds a and b at or before its
@@ -414,7 +543,12 @@ fn duplicate_transaction_ids_are_scored_but_not_counted_twice() {
     // `b` again, in order.
     assert_eq!(engine.process(&b, &mut row), EventOutcome::Duplicate);
     assert_eq!(row, [1.0, 10.0]);
-    let c = tx("c", t0 + 3000, "c1", "m1", 1.0);
+    let c = tx("c")
+        .at(t0 + 3000)
+        .card("c1")
+        .merchant("m1")
+        .amount(1.0)
+        .build();
     engine.process(&c, &mut row);
     assert_eq!(row, [2.0, 15.0]);
     // The same id at another time is a new transaction.

@@ -3,13 +3,12 @@
 //! thresholds, batch scoring must equal single-row scoring, and reason codes must add up and
 //! equal the path re-walk they are precomputed from.
 
-#[path = "scoring_gen/mod.rs"]
-mod gen;
-
 use ndarray::ArrayView2;
 use proptest::prelude::*;
 use vigil::forest::compiled::CompiledForest;
 use vigil::forest::Forest;
+
+use crate::support::scoring_gen as gen;
 
 /// Random rows plus, for each node of the first trees, a row placing that node's feature exactly
 /// on its threshold (and its neighbours one ulp away), so the `<=` edge is exercised everywhere.

@@ -1,42 +1,10 @@
 //! End-to-end tests of the `vigil` binary, the way a user drives it: generate a history, train,
 //! inspect, evaluate, export features, and refuse broken inputs with a clear message.
-//! On failure the harness prints the command line, its stdout and its stderr.
+//! On failure the harness prints the command line, its directory, stdout and stderr.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn vigil() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_vigil"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c
-}
-
-/// Runs and returns the output, printing everything on failure.
-fn run(mut cmd: Command, expect_success: bool) -> Output {
-    let out = cmd.output().expect("the vigil binary runs");
-    if out.status.success() != expect_success {
-        panic!(
-            "command {:?} exited with {} (expected success: {expect_success})\n--- stdout\n{}\n--- stderr\n{}",
-            cmd,
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
-}
-
-fn ok(cmd: Command) -> String {
-    String::from_utf8_lossy(&run(cmd, true).stdout).into_owned()
-}
-
-fn fails(cmd: Command) -> String {
-    String::from_utf8_lossy(&run(cmd, false).stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("temp paths are UTF-8")
-}
+use crate::support::{s, vigil};
 
 struct Trained {
     _dir: tempfile::TempDir,
@@ -47,18 +15,23 @@ struct Trained {
 
 /// `vigil evaluate --model M --data D --json --report ROOT/report` plus `extra`: its JSON.
 fn evaluate_json(t: &Trained, report: &str, extra: &[&str]) -> serde_json::Value {
-    let mut e = vigil();
-    e.args([
-        "evaluate",
-        "--model",
-        s(&t.model),
-        "--data",
-        s(&t.data),
-        "--json",
-    ])
-    .args(extra)
-    .args(["--report", s(&t.root.join(report))]);
-    serde_json::from_str(ok(e).trim()).expect("--json prints one JSON object")
+    serde_json::from_str(
+        vigil()
+            .args([
+                "evaluate",
+                "--model",
+                s(&t.model),
+                "--data",
+                s(&t.data),
+                "--json",
+            ])
+            .args(extra)
+            .args(["--report", s(&t.root.join(report))])
+            .assert_success()
+            .stdout
+            .trim(),
+    )
+    .expect("--json prints one JSON object")
 }
 
 fn generate_and_train() -> Trained {
@@ -66,36 +39,37 @@ fn generate_and_train() -> Trained {
     let root = dir.path().to_path_buf();
     let data = root.join("history.csv");
     let model = root.join("m.vgm");
-    let mut g = vigil();
-    g.args([
-        "generate",
-        "--rows",
-        "30000",
-        "--seed",
-        "11",
-        "--out",
-        s(&data),
-    ]);
-    ok(g);
-    let mut t = vigil();
-    t.args([
-        "train",
-        "--data",
-        s(&data),
-        "--out",
-        s(&model),
-        "--trees",
-        "30",
-        "--max-depth",
-        "8",
-        "--warmup",
-        "3d",
-        "--partitions",
-        "3",
-        "--report",
-        s(&root.join("report")),
-    ]);
-    let out = ok(t);
+    vigil()
+        .args([
+            "generate",
+            "--rows",
+            "30000",
+            "--seed",
+            "11",
+            "--out",
+            s(&data),
+        ])
+        .assert_success();
+    let out = vigil()
+        .args([
+            "train",
+            "--data",
+            s(&data),
+            "--out",
+            s(&model),
+            "--trees",
+            "30",
+            "--max-depth",
+            "8",
+            "--warmup",
+            "3d",
+            "--partitions",
+            "3",
+            "--report",
+            s(&root.join("report")),
+        ])
+        .assert_success()
+        .stdout;
     assert!(
         out.contains("AUC ROC"),
         "train prints the evaluation:\n{out}"
@@ -113,19 +87,24 @@ fn train_inspect_evaluate_round_trip() {
     let t = generate_and_train();
     assert!(t.root.join("report").join("roc.png").exists());
 
-    let mut i = vigil();
-    i.args(["model", "inspect", s(&t.model)]);
-    let out = ok(i);
+    let out = vigil()
+        .args(["model", "inspect", s(&t.model)])
+        .assert_success()
+        .stdout;
     assert!(out.contains("30 trees"), "{out}");
     assert!(out.contains("thresholds"), "{out}");
     assert!(out.contains("state        3 partitions"), "{out}");
 
     // `evaluate` replays with the model's partitions: over the test period it reproduces the
     // evaluation the trainer stored.
-    let mut i = vigil();
-    i.args(["model", "inspect", "--json", s(&t.model)]);
-    let header: serde_json::Value =
-        serde_json::from_str(ok(i).trim()).expect("inspect --json prints JSON");
+    let header: serde_json::Value = serde_json::from_str(
+        vigil()
+            .args(["model", "inspect", "--json", s(&t.model)])
+            .assert_success()
+            .stdout
+            .trim(),
+    )
+    .expect("inspect --json prints JSON");
     assert_eq!(header["state_partitions"], 3);
     let training = &header["training"];
     let v = evaluate_json(
@@ -179,32 +158,36 @@ fn broken_model_files_are_refused_with_a_reason() {
 
     let truncated = t.root.join("truncated.vgm");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).expect("write");
-    let mut c = vigil();
-    c.args(["model", "inspect", s(&truncated)]);
-    assert!(fails(c).contains("truncated"));
+    let err = inspect_fails(&truncated);
+    assert!(err.contains("truncated"), "{err}");
 
     let corrupt = t.root.join("corrupt.vgm");
     let mut b = bytes.clone();
     let at = b.len() - 100;
     b[at] ^= 0x5a;
     std::fs::write(&corrupt, &b).expect("write");
-    let mut c = vigil();
-    c.args(["model", "inspect", s(&corrupt)]);
-    assert!(fails(c).contains("corrupted"));
+    let err = inspect_fails(&corrupt);
+    assert!(err.contains("corrupted"), "{err}");
 
     let not_model = t.root.join("not.vgm");
     std::fs::write(&not_model, b"hello").expect("write");
-    let mut c = vigil();
-    c.args(["model", "inspect", s(&not_model)]);
-    assert!(fails(c).contains("not a vigil model"));
+    let err = inspect_fails(&not_model);
+    assert!(err.contains("not a vigil model"), "{err}");
 
     let mut b = bytes;
     b[8] = 99; // format version
     let wrong = t.root.join("wrong.vgm");
     std::fs::write(&wrong, &b).expect("write");
-    let mut c = vigil();
-    c.args(["model", "inspect", s(&wrong)]);
-    assert!(fails(c).contains("version 99"));
+    let err = inspect_fails(&wrong);
+    assert!(err.contains("version 99"), "{err}");
+}
+
+/// `vigil model inspect FILE`, which must fail: its stderr.
+fn inspect_fails(file: &Path) -> String {
+    vigil()
+        .args(["model", "inspect", s(file)])
+        .assert_failure()
+        .stderr
 }
 
 #[test]
@@ -220,22 +203,24 @@ fn bad_history_rows_name_file_line_column_and_value() {
     )
     .expect("write");
     let out = dir.path().join("f.csv");
-    let mut c = vigil();
-    c.args(["features", "--data", s(&data), "--out", s(&out)]);
-    let err = fails(c);
+    let err = vigil()
+        .args(["features", "--data", s(&data), "--out", s(&out)])
+        .assert_failure()
+        .stderr;
     assert!(err.contains("bad.csv:3"), "{err}");
     assert!(err.contains("amount") && err.contains("-5"), "{err}");
 
-    let mut c = vigil();
-    c.args([
-        "features",
-        "--data",
-        s(&data),
-        "--out",
-        s(&out),
-        "--skip-invalid",
-    ]);
-    let stdout = ok(c);
+    let stdout = vigil()
+        .args([
+            "features",
+            "--data",
+            s(&data),
+            "--out",
+            s(&out),
+            "--skip-invalid",
+        ])
+        .assert_success()
+        .stdout;
     assert!(stdout.contains("wrote 1 rows"), "{stdout}");
     let csv = std::fs::read_to_string(&out).expect("features written");
     assert!(csv.starts_with("transaction_id,"));
@@ -244,17 +229,18 @@ fn bad_history_rows_name_file_line_column_and_value() {
 
 #[test]
 fn shipped_default_model_serves_the_sample() {
-    let mut c = vigil();
-    c.args([
-        "demo",
-        "--show",
-        "3",
-        "--metrics-addr",
-        "",
-        "--grpc-addr",
-        "127.0.0.1:0",
-    ]);
-    let out = ok(c);
+    let out = vigil()
+        .args([
+            "demo",
+            "--show",
+            "3",
+            "--metrics-addr",
+            "",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .assert_success()
+        .stdout;
     assert!(
         out.contains("40000 transactions") && out.contains("through Kafka"),
         "{out}"
@@ -263,4 +249,22 @@ fn shipped_default_model_serves_the_sample() {
     // The gRPC API ran next to it, announced with a command to try.
     assert!(out.contains("gRPC API on 127.0.0.1:"), "{out}");
     assert!(out.contains("vigil score --addr 127.0.0.1:"), "{out}");
+}
+
+#[test]
+fn zz_scratch_harness_report() {
+    vigil()
+        .args(["model", "inspect", "/no such/model.vgm"])
+        .env("VIGIL_X", "a b")
+        .assert_success();
+}
+
+#[test]
+fn zz_scratch_process_report() {
+    let mut p = vigil()
+        .args(["serve", "--no-kafka", "--grpc-addr", "127.0.0.1:0"])
+        .spawn();
+    p.wait_for_stderr("`never`", std::time::Duration::from_secs(3), |l| {
+        l.starts_with("never").then_some(())
+    });
 }

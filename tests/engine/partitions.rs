@@ -3,24 +3,19 @@
 //! `ScoringCore` of N partitions, fed the same history and the same labels, give the same rows,
 //! value for value. And the split matters: with one partition merchant windows differ.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use vigil::model;
 use vigil::offline;
-use vigil::record::{read_history, ReadOptions};
 use vigil::scoring::{ScoreOptions, ScoringCore};
+
+use crate::support::{model, sample_history};
 
 const PARTITIONS: u32 = 4;
 
 #[test]
 fn partitioned_training_replay_equals_the_partitioned_scoring_core() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let model = Arc::new(model::load(&root.join("models/default.vgm"), None).expect("model"));
-    let mut history =
-        read_history(&root.join("data/sample.csv"), ReadOptions::default()).expect("sample");
-    history.sort_by_time();
-    let txs = &history.transactions[..12_000];
+    let model = model();
+    let txs = &sample_history()[..12_000];
     let spec = Arc::clone(&model.spec);
     let nf = spec.n_features();
 

@@ -1,18 +1,21 @@
-//! Trainer and scorer agree: a model trained by the offline trainer, written to a file and loaded back,
-//! scores every transaction of a history, fed one at a time through `Scorer` (the live path),
-//! exactly as the trainer's own forest scores the batch feature matrix of the same history.
+//! Trainer and scorer agree: a model trained by the offline trainer, written to a file and
+//! loaded back, scores every transaction of a history, fed one at a time through `Scorer` (the
+//! live path), exactly as the trainer's own forest scores the batch feature matrix of the same
+//! history.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use linfa::ParamGuard;
-use vigil::features::{FeatureSpec, LabelSchedule};
+use vigil::features::FeatureSpec;
 use vigil::forest::train::{ClassWeight, RandomForestParams};
 use vigil::generate::{generate, GeneratorConfig};
 use vigil::model;
 use vigil::offline::{self, Quiet, SplitSpec, TrainOptions};
 use vigil::record::{read_history_from, ReadOptions, Transaction};
 use vigil::scoring::Scorer;
+
+use crate::support::default_spec;
 
 fn history(rows: u64, seed: u64) -> Vec<Transaction> {
     let cfg = GeneratorConfig {
@@ -34,15 +37,10 @@ fn history(rows: u64, seed: u64) -> Vec<Transaction> {
     h.transactions
 }
 
-fn spec() -> Arc<FeatureSpec> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("training/features.toml");
-    Arc::new(FeatureSpec::load(&path).expect("default spec loads"))
-}
-
 #[test]
 fn live_scores_equal_trainer_predictions_after_a_file_round_trip() {
     let txs = history(12_000, 3);
-    let spec = spec();
+    let spec = default_spec();
     let params = RandomForestParams::new()
         .n_trees(24)
         .max_depth(Some(10))
@@ -77,16 +75,15 @@ fn live_scores_equal_trainer_predictions_after_a_file_round_trip() {
 
     // Batch path: the training matrix and the trainer's own forest.
     let x = offline::feature_matrix(&spec, &txs, 1, &Quiet);
-    // Live path: one event at a time, labels fed when they become known.
+    // Live path: one event at a time; each transaction's label is pushed right after it, as a
+    // labels feed would deliver it, and the scorer holds it until its `known_at`.
     let mut scorer = Scorer::new(loaded.clone());
-    let mut labels = LabelSchedule::new(spec.label_latency_ms());
     let mut flagged = 0;
     for (i, tx) in txs.iter().enumerate() {
-        for label in labels.due(tx.timestamp_ms) {
-            scorer.observe_label(&label);
-        }
         let (verdict, _) = scorer.score(tx);
-        labels.push(tx);
+        if let Some(label) = tx.label_event(spec.label_latency_ms()) {
+            scorer.push_label(label);
+        }
         let row = x.row(i);
         let row = row
             .as_slice()
@@ -111,7 +108,7 @@ fn live_scores_equal_trainer_predictions_after_a_file_round_trip() {
 #[test]
 fn model_for_another_spec_is_refused() {
     let txs = history(6_000, 5);
-    let spec = spec();
+    let spec = default_spec();
     let params = RandomForestParams::new()
         .n_trees(4)
         .max_depth(Some(4))

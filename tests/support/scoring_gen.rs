@@ -1,5 +1,6 @@
 //! Synthetic but realistic forests and feature rows for the scoring tests and the `scoring`
-//! benchmark (both include this file with `#[path]`), built without the trainer.
+//! benchmark (the tests through `tests/support`, the bench with `#[path]`), built without the
+//! trainer.
 //!
 //! How the forests are made realistic:
 //! - Rows mimic the feature engine's output: heavy-tailed amounts (log-normal), small counts
