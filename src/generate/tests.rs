@@ -1,4 +1,4 @@
-//! Unit tests of the simulation internals; whole-file properties are in `tests/generate_*.rs`.
+//! Unit tests of the simulation internals; whole-file properties are in `tests/engine/generate_history.rs`.
 
 use super::*;
 

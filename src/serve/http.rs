@@ -58,10 +58,12 @@ pub async fn serve(
         let (metrics, health) = (metrics.clone(), Arc::clone(&health));
         tokio::spawn(async move {
             let _permit = permit;
-            let mut buf = vec![0u8; 4096];
-            let read = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await;
-            let Ok(Ok(n)) = read else { return };
-            let head = String::from_utf8_lossy(&buf[..n]);
+            let Ok(Some(head)) =
+                tokio::time::timeout(Duration::from_secs(5), read_head(&mut conn)).await
+            else {
+                return;
+            };
+            let head = String::from_utf8_lossy(&head);
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let (code, body) = match path {
                 "/metrics" => (
@@ -85,5 +87,58 @@ pub async fn serve(
             let _ = conn.write_all(response.as_bytes()).await;
             let _ = conn.shutdown().await;
         });
+    }
+}
+
+/// Reads a request's head: up to the blank line that ends it, however the client's writes were
+/// split into segments (`None` if the connection closes first or the head exceeds 8 KiB).
+async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    const MAX_HEAD: usize = 8192;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = conn.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Some(head);
+        }
+        if head.len() > MAX_HEAD {
+            return None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request written in pieces (as `write!` on a raw socket does) is read whole.
+    #[tokio::test]
+    async fn a_request_split_across_writes_is_answered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let health = Arc::new(Health {
+            core: AtomicBool::new(true),
+            kafka: None,
+        });
+        let shutdown = Shutdown::new();
+        let server = tokio::spawn(serve(listener, None, health, shutdown.clone()));
+        let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        conn.set_nodelay(true).expect("nodelay");
+        for piece in ["GET ", "/readyz", " HTTP/1.1\r\n", "Host: x\r\n", "\r\n"] {
+            conn.write_all(piece.as_bytes()).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut response = String::new();
+        conn.read_to_string(&mut response).await.expect("read");
+        assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+        assert!(response.ends_with("ready\n"), "{response}");
+        shutdown.trigger();
+        server.await.expect("the server stops");
     }
 }

@@ -215,6 +215,7 @@ fn demo_serves_grpc_on_the_kafka_paths_state_and_alerts() {
         .to_string();
 
     // Subscribe to the alert stream while the demo runs (a thread of its own drives it).
+    #[allow(clippy::disallowed_methods)] // a finite number of items, read by this test
     let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
     let collected = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()

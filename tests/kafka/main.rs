@@ -785,6 +785,7 @@ fn an_alert_from_the_kafka_path_reaches_the_grpc_alert_stream() {
             }
         }
     });
+    #[allow(clippy::disallowed_methods)] // a finite number of items, read by this test
     let (alerts_tx, alerts_rx) = std::sync::mpsc::channel::<pb::Alert>();
     let collector = rt.spawn(async move {
         while let Some(item) = stream.next().await {

@@ -6,7 +6,7 @@
 //! - [`tx`]: the one builder for test transactions (`tx("t1").card("c1").at(ms).build()`).
 //! - [`fixtures`]: the shipped model, sample history and feature spec; free loopback ports.
 //! - [`scoring_gen`]: synthetic realistic forests and feature rows (also used by
-//!   `benches/scoring.rs`).
+//!   `benches/forest.rs`).
 //!
 //! Each binary uses part of it, hence `dead_code` and `unused_imports` (of the re-exports below)
 //! are allowed here.

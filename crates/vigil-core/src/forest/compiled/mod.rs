@@ -48,7 +48,7 @@
 //!
 //! - **Dense rows, for forests of at most [`DENSE_MAX`] (128) features. This is what the shipped
 //!   model gets** (`models/default.vgm`, 43 features; a test pins it), and so does the 36-feature
-//!   bench model of `benches/scoring.rs`. Every leaf has a row of `f32` contributions, one per
+//!   bench model of `benches/forest.rs`. Every leaf has a row of `f32` contributions, one per
 //!   feature, padded to a multiple of 16 (48 values, 192 bytes, for 43 features), in one array
 //!   for the whole forest; the leaf's node value holds its row index. A row takes about three
 //!   times the memory of a list at depth 12, but is added with a few vector adds instead of a

@@ -1,7 +1,7 @@
 //! Scoring latency of the compiled forest against the reference walk.
 //!
 //! Model: 100 trees of depth 12 on 36 features, grown by random splits with thresholds drawn
-//! from realistic feature distributions (see `tests/scoring_gen/mod.rs`; ~1.5k nodes per tree).
+//! from realistic feature distributions (see `tests/support/scoring_gen.rs`; ~1.5k nodes per tree).
 //! Single-row benchmarks rotate through 4096 held-out rows so the measured paths are not just
 //! one hot path in L1 (the realistic serving case: every transaction takes different paths).
 //!
@@ -9,11 +9,8 @@
 //! calls (includes ~20-30 ns of `Instant::now` overhead per call, measured and printed too).
 //!
 //! `explain` (precomputed per-leaf reason lists) and `explain_by_walk` (the previous path
-//! re-walk) run side by side so their comparison comes from one run. Figures from one run of
-//! `cargo bench --bench scoring -- --warm-up-time 1 --measurement-time 3` (2 shared cores, load
-//! ~2.7): score p50 2.2 us, explain p50 4.9 us, explain_by_walk p50 9.3 us; on-CPU means 3.3,
-//! 6.5 and 11.6 us; explain with one repeated row 2.8 us (score 1.9 us). Reason tables: 4.6 MB
-//! next to 1.7 MB for the walk.
+//! re-walk) run side by side so their comparison comes from one run; BENCHMARKS.md has the
+//! figures.
 
 #[path = "../tests/support/scoring_gen.rs"]
 mod gen;
