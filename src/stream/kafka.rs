@@ -25,17 +25,15 @@ pub fn consumer_config(cfg: &StreamConfig, group: Option<&str>) -> ClientConfig 
         .set("auto.offset.reset", "earliest")
         // Rebuilding a partition's state happens on the polling thread; allow it time.
         .set("max.poll.interval.ms", "600000")
-        // Latency: tansu 0.6 holds a fetch for its whole max wait even when records are there
-        // (librdkafka's default 500 ms put ~450 ms on every verdict; 20 ms gave a steady-state
-        // p50 of 60 ms, p99 83 ms in the Kafka bench at 90k records/s, 5 ms gives 35 / 59 ms at
-        // the same throughput); on Kafka this only bounds idle fetches.
+        // Latency: tansu 0.6 holds a fetch for its whole max wait even when records are there,
+        // so librdkafka's default (500 ms) lands on every verdict; on Kafka this only bounds
+        // idle fetches (BENCHMARKS.md, "Figures moved from code comments (stream pipeline)").
         .set("fetch.wait.max.ms", "5")
         // librdkafka postpones a partition's next fetch by this much once its local queue is
         // over `queued.min.messages` / `queued.max.messages.kbytes` (default 1 s). The reader
         // hands records to bounded scoring queues, so when scoring is the slower side the local
         // queue fills, and with the default the fetcher then idled a whole second after it had
-        // drained: in the Kafka bench every core sat idle for 400-500 ms in each 2 s drain
-        // (181k -> 213k records/s with 10 ms, same session).
+        // drained, with every core idle (BENCHMARKS.md has the Kafka bench's figures).
         .set("fetch.queue.backoff.ms", "10")
         .set(
             "isolation.level",
@@ -166,8 +164,7 @@ pub fn topic_partitions(
 
 /// Fetches the producer's metadata for `topics` before the first send. A producer learns a
 /// topic's partitions and leaders on its first message to it, and until then every message to it
-/// waits: against tansu the first verdicts waited ~0.5 s, with all cores idle (the Kafka bench's
-/// pass-through drained at ~230k or ~530k records/s depending on whether its run hit that wait).
+/// waits, with all cores idle (BENCHMARKS.md has what it cost the Kafka bench).
 /// `timeout` bounds the whole warm-up (a broker that is down delays the start by at most that);
 /// a failure is only logged, since sending waits and retries on its own.
 pub fn warm_producer<C: ProducerContext + 'static>(
