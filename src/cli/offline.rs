@@ -186,9 +186,25 @@ fn parse_span(flag: &str, s: &str) -> Result<i64> {
         .ok_or_else(|| anyhow::anyhow!("{flag} `{s}` is not a duration (examples: 30m, 12h, 7d)"))
 }
 
+/// What to add to "cannot read PATH" when PATH is a missing default: that it is the default,
+/// relative to the working directory, and the flag that names another file.
+pub(crate) fn default_path_hint(path: &Path, default: &str, what: &str, flag: &str) -> String {
+    if path == Path::new(default) && !path.exists() {
+        format!(
+            " ({default} is the default {what} path, relative to the working directory: run from \
+             the vigil repository, or name one with {flag})"
+        )
+    } else {
+        String::new()
+    }
+}
+
 pub(crate) fn read_history(h: &HistoryArgs, bars: &Bars) -> Result<History> {
     let size = std::fs::metadata(&h.data)
-        .with_context(|| format!("cannot read history file {}", h.data.display()))?
+        .with_context(|| {
+            let hint = default_path_hint(&h.data, DEFAULT_DATA, "history", "--data");
+            format!("cannot read history file {}{hint}", h.data.display())
+        })?
         .len();
     bars.stage("reading", size);
     let read = record::read_history_with_progress(
@@ -232,7 +248,10 @@ fn load_spec(path: &Path) -> Result<Arc<FeatureSpec>> {
     match FeatureSpec::load(path) {
         Ok(spec) => Ok(Arc::new(spec)),
         // The I/O error already names the file; the others name the key inside it.
-        Err(e @ vigil::features::SpecError::Io { .. }) => bail!("{e}"),
+        Err(e @ vigil::features::SpecError::Io { .. }) => {
+            let hint = default_path_hint(path, DEFAULT_SPEC, "feature spec", "--features");
+            bail!("{e}{hint}")
+        }
         Err(e) => bail!("{}: {e}", path.display()),
     }
 }

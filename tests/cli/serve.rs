@@ -207,7 +207,7 @@ fn a_closed_stdout_ends_a_command_quietly() {
 }
 
 #[test]
-fn the_default_model_path_is_named_as_the_default_when_missing() {
+fn default_paths_are_named_as_defaults_when_missing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = vigil()
         .current_dir(dir.path())
@@ -216,6 +216,36 @@ fn the_default_model_path_is_named_as_the_default_when_missing() {
         .assert_failure();
     assert!(
         out.stderr.contains("models/default.vgm") && out.stderr.contains("default model path"),
+        "{}",
+        out.stderr
+    );
+
+    // The trainer's defaults too: the feature spec, then the history.
+    let out = vigil()
+        .current_dir(dir.path())
+        .args(["train"])
+        .assert_failure();
+    assert!(
+        out.stderr
+            .contains("training/features.toml is the default feature spec path")
+            && out.stderr.contains("--features"),
+        "{}",
+        out.stderr
+    );
+    std::fs::create_dir(dir.path().join("training")).expect("mkdir");
+    std::fs::copy(
+        crate::support::default_spec_path(),
+        dir.path().join("training/features.toml"),
+    )
+    .expect("copy the spec");
+    let out = vigil()
+        .current_dir(dir.path())
+        .args(["train"])
+        .assert_failure();
+    assert!(
+        out.stderr
+            .contains("data/sample.csv is the default history path")
+            && out.stderr.contains("--data"),
         "{}",
         out.stderr
     );
