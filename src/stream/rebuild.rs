@@ -21,7 +21,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::config::StreamConfig;
@@ -66,7 +66,10 @@ pub fn rebuild_partition(
         end,
         "rebuild: reading the last committed record"
     );
-    let last = read_one(&consumer, topic, partition, end - 1)?;
+    let last = Reader::open(&consumer, topic, partition, end - 1, low)?
+        .next()?
+        .timestamp()
+        .to_millis();
     tracing::debug!(partition, ?last, "rebuild: its timestamp");
     let retention = core.model().spec.retention_ms();
     let margin = i64::try_from(cfg.rebuild_margin().as_millis()).unwrap_or(i64::MAX);
@@ -89,71 +92,135 @@ pub fn rebuild_partition(
     };
     // 3. Replay.
     let format = cfg.input_format();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(start))
-        .map_err(|e| err("assign", e))?;
-    consumer.assign(&tpl).map_err(|e| err("assign", e))?;
+    let mut reader = Reader::open(&consumer, topic, partition, start, low)?;
     let total = (end - start) as u64;
     tracing::info!(partition, from = start, to = end, "rebuilding state");
     let mut replayed = 0u64;
-    let mut last_progress = Instant::now();
     let mut reported = Instant::now();
     loop {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                last_progress = Instant::now();
-                if m.offset() >= end {
-                    break;
-                }
-                if let Ok(tx) = decode_transaction_as(format, m.key(), m.payload()) {
-                    core.warm_in(partition as u32, &tx);
-                }
-                replayed += 1;
-                if m.offset() >= end - 1 {
-                    break;
-                }
-                if reported.elapsed() >= Duration::from_secs(5) {
-                    reported = Instant::now();
-                    tracing::info!(partition, replayed, total, "rebuilding state");
-                }
-            }
-            Some(Err(e)) => tracing::warn!(partition, "rebuild consumer: {e}"),
-            None if last_progress.elapsed() > STALL => {
-                return Err(StreamError::Rebuild(format!(
-                "partition {partition}: no record for {}s while replaying offsets {start}..{end} \
-                     (at {replayed} of {total})",
-                STALL.as_secs()
-            )))
-            }
-            None => {}
+        let m = reader.next().map_err(|e| {
+            StreamError::Rebuild(format!(
+                "{e} (replaying offsets {start}..{end}, at {replayed} of {total})"
+            ))
+        })?;
+        if m.offset() >= end {
+            break;
+        }
+        if let Ok(tx) = decode_transaction_as(format, m.key(), m.payload()) {
+            core.warm_in(partition as u32, &tx);
+        }
+        replayed += 1;
+        if m.offset() >= end - 1 {
+            break;
+        }
+        if reported.elapsed() >= Duration::from_secs(5) {
+            reported = Instant::now();
+            tracing::info!(partition, replayed, total, "rebuilding state");
         }
     }
     telemetry::rebuilt(replayed);
     Ok(replayed)
 }
 
-/// The record timestamp at `offset` (`None` if the record is gone).
-fn read_one(
-    consumer: &BaseConsumer,
-    topic: &str,
+/// How long a read waits for records at its offset before it starts further back.
+///
+/// tansu 0.6 serves a fetch only from offsets up to the high watermark it believes in, which is
+/// the base offset of the partition's newest batch + 1: an offset inside the newest batch (the
+/// last committed record of a caught-up partition, typically) gets nothing until more records
+/// arrive, so a restart with no new traffic waited forever. A fetch from the batch's base offset
+/// or earlier gets the whole batch; Kafka itself serves any offset and never needs this.
+const RESEEK_AFTER: Duration = Duration::from_millis(500);
+
+/// Reads one partition in offset order from `from` on, skipping anything before it; when
+/// nothing arrives for [`RESEEK_AFTER`], it fetches again from further back (four times as far each
+/// time, never before `low`).
+struct Reader<'c> {
+    consumer: &'c BaseConsumer,
+    topic: &'c str,
     partition: i32,
-    offset: i64,
-) -> Result<Option<i64>, StreamError> {
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
-        .and_then(|()| consumer.assign(&tpl))
-        .map_err(|e| StreamError::Rebuild(format!("partition {partition}: assign: {e}")))?;
-    let deadline = Instant::now() + STALL;
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) if m.offset() >= offset => return Ok(m.timestamp().to_millis()),
-            Some(Ok(m)) => tracing::trace!(partition, offset = m.offset(), "rebuild: skipping"),
-            None => {}
-            Some(Err(e)) => tracing::warn!(partition, "rebuild consumer: {e}"),
+    /// The next offset wanted.
+    from: i64,
+    low: i64,
+    /// How far before `from` the current fetch started.
+    back: i64,
+    /// When a record (wanted or skipped) last arrived, or the fetch last moved.
+    active: Instant,
+    /// When a record last arrived at all.
+    progress: Instant,
+}
+
+impl<'c> Reader<'c> {
+    fn open(
+        consumer: &'c BaseConsumer,
+        topic: &'c str,
+        partition: i32,
+        from: i64,
+        low: i64,
+    ) -> Result<Reader<'c>, StreamError> {
+        let reader = Reader {
+            consumer,
+            topic,
+            partition,
+            from,
+            low,
+            back: 0,
+            active: Instant::now(),
+            progress: Instant::now(),
+        };
+        reader.assign(from)?;
+        Ok(reader)
+    }
+
+    fn assign(&self, offset: i64) -> Result<(), StreamError> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(self.topic, self.partition, Offset::Offset(offset))
+            .and_then(|()| self.consumer.assign(&tpl))
+            .map_err(|e| StreamError::Rebuild(format!("partition {}: assign: {e}", self.partition)))
+    }
+
+    /// The next record at or after the wanted offset; an error after [`STALL`] without any
+    /// record at all.
+    fn next(&mut self) -> Result<BorrowedMessage<'c>, StreamError> {
+        loop {
+            match self.consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(m)) => {
+                    self.active = Instant::now();
+                    self.progress = self.active;
+                    if m.offset() >= self.from {
+                        self.from = m.offset() + 1;
+                        return Ok(m);
+                    }
+                    tracing::trace!(
+                        partition = self.partition,
+                        offset = m.offset(),
+                        "rebuild: skipping"
+                    );
+                }
+                Some(Err(e)) => tracing::warn!(partition = self.partition, "rebuild consumer: {e}"),
+                None if self.progress.elapsed() > STALL => {
+                    return Err(StreamError::Rebuild(format!(
+                        "partition {}: could not read offset {} within {}s",
+                        self.partition,
+                        self.from,
+                        STALL.as_secs()
+                    )));
+                }
+                None if self.active.elapsed() >= RESEEK_AFTER
+                    && self.from - self.back > self.low =>
+                {
+                    self.back = (self.back * 4).max(1024);
+                    let at = (self.from - self.back).max(self.low);
+                    tracing::debug!(
+                        partition = self.partition,
+                        wanted = self.from,
+                        at,
+                        "rebuild: nothing at the wanted offset yet, fetching from further back"
+                    );
+                    self.assign(at)?;
+                    self.active = Instant::now();
+                }
+                None => {}
+            }
         }
     }
-    Err(StreamError::Rebuild(format!(
-        "partition {partition}: could not read offset {offset} within {}s",
-        STALL.as_secs()
-    )))
 }

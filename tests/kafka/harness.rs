@@ -37,19 +37,32 @@ fn tansu_bin() -> PathBuf {
     bin.canonicalize().unwrap_or(bin)
 }
 
-/// A tansu broker with sqlite storage, killed when dropped.
+/// A tansu broker, killed when dropped: sqlite storage (survives a restart) unless started
+/// with [`Broker::start_in_memory`].
 pub struct Broker {
     dir: tempfile::TempDir,
     port: u16,
+    storage: &'static str,
     child: Option<Child>,
 }
 
 impl Broker {
     pub fn start() -> Broker {
+        Broker::start_with("sqlite://tansu.db")
+    }
+
+    /// Memory storage, as `scripts/tansu.sh start DIR memory` and the benchmarks run it (its
+    /// fetch behaviour differs from sqlite's at the newest batch of a partition).
+    pub fn start_in_memory() -> Broker {
+        Broker::start_with("memory://tansu/")
+    }
+
+    fn start_with(storage: &'static str) -> Broker {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut b = Broker {
             dir,
             port: free_port(),
+            storage,
             child: None,
         };
         b.launch();
@@ -71,7 +84,7 @@ impl Broker {
                 "--advertised-listener-url",
                 &url,
             ])
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .args(["--storage-engine", self.storage])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(log)

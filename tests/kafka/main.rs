@@ -326,6 +326,61 @@ fn kill_9_and_restart_every_transaction_scored_as_if_uninterrupted() {
     assert!(log.contains("partitions assigned"), "{log}");
 }
 
+/// A scorer that has caught up restarts with no new traffic: rebuilding its partitions must not
+/// wait for records that are not coming (on tansu, reading the last committed record inside the
+/// newest batch waited 60 s and then failed, so a quiet partition crash-looped), and it is ready
+/// within seconds, then scores what arrives next.
+#[test]
+#[ignore = "needs a tansu broker: scripts/test.sh runs it"]
+fn a_caught_up_scorer_restarts_without_new_traffic() {
+    let broker = Broker::start_in_memory();
+    let b = broker.brokers();
+    let names = Names::new("caught-up");
+    names.create(&b, PARTITIONS);
+    let txs = sample(4100);
+    let inputs: Vec<Input> = txs.iter().map(Input::tx).collect();
+    // The history goes in as a user sends it, with `vigil replay` (large producer batches: the
+    // last committed record of each partition sits inside its newest batch).
+    vigil()
+        .args(["replay", "--brokers", &b, "--topic", &names.transactions])
+        .args([
+            "--data",
+            support::s(&support::sample_path()),
+            "--limit",
+            "4000",
+        ])
+        .assert_success();
+    let ids: HashSet<&str> = txs[..4000]
+        .iter()
+        .map(|t| t.transaction_id.as_str())
+        .collect();
+    let mut first = ServeSpec::new(&b, &names).start();
+    let mut verdicts = Reader::new(&b, &names.verdicts, false);
+    verdicts.read_until_verdicts_for(&ids, Duration::from_secs(120));
+    assert!(first.terminate().success(), "{}", first.stderr_text());
+
+    let metrics = free_addr();
+    let mut spec = ServeSpec::new(&b, &names);
+    spec.metrics_addr = metrics.clone();
+    let mut second = spec.start();
+    wait_for(
+        "the restarted scorer to be ready",
+        Duration::from_secs(30),
+        || http_get(&metrics, "/readyz").starts_with("HTTP/1.1 200"),
+    );
+    let log = second.stderr_text();
+    assert!(log.contains("state rebuilt"), "{log}");
+    assert!(!log.contains("rebuild failed"), "{log}");
+
+    produce(&b, &names.transactions, &inputs[4000..], None);
+    let next: HashSet<&str> = txs[4000..]
+        .iter()
+        .map(|t| t.transaction_id.as_str())
+        .collect();
+    verdicts.read_until_verdicts_for(&next, Duration::from_secs(60));
+    assert!(second.terminate().success(), "{}", second.stderr_text());
+}
+
 #[test]
 #[ignore = "needs a tansu broker: scripts/test.sh runs it"]
 fn two_scorers_in_one_group_split_the_partitions_and_score_everything() {
