@@ -26,6 +26,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::config::StreamConfig;
 use crate::scoring::ScoringCore;
+use crate::shutdown::Shutdown;
 use crate::telemetry;
 
 use super::kafka;
@@ -42,6 +43,7 @@ pub fn rebuild_partition(
     core: &ScoringCore,
     partition: i32,
     committed: i64,
+    shutdown: &Shutdown,
 ) -> Result<u64, StreamError> {
     let topic = &cfg.kafka.transactions_topic;
     let consumer: BaseConsumer =
@@ -66,7 +68,7 @@ pub fn rebuild_partition(
         end,
         "rebuild: reading the last committed record"
     );
-    let last = Reader::open(&consumer, topic, partition, end - 1, low)?
+    let last = Reader::open(&consumer, shutdown, topic, partition, end - 1, low)?
         .next()?
         .timestamp()
         .to_millis();
@@ -92,7 +94,7 @@ pub fn rebuild_partition(
     };
     // 3. Replay.
     let format = cfg.input_format();
-    let mut reader = Reader::open(&consumer, topic, partition, start, low)?;
+    let mut reader = Reader::open(&consumer, shutdown, topic, partition, start, low)?;
     let total = (end - start) as u64;
     tracing::info!(partition, from = start, to = end, "rebuilding state");
     let mut replayed = 0u64;
@@ -136,6 +138,7 @@ const RESEEK_AFTER: Duration = Duration::from_millis(500);
 /// time, never before `low`).
 struct Reader<'c> {
     consumer: &'c BaseConsumer,
+    shutdown: &'c Shutdown,
     topic: &'c str,
     partition: i32,
     /// The next offset wanted.
@@ -152,6 +155,7 @@ struct Reader<'c> {
 impl<'c> Reader<'c> {
     fn open(
         consumer: &'c BaseConsumer,
+        shutdown: &'c Shutdown,
         topic: &'c str,
         partition: i32,
         from: i64,
@@ -159,6 +163,7 @@ impl<'c> Reader<'c> {
     ) -> Result<Reader<'c>, StreamError> {
         let reader = Reader {
             consumer,
+            shutdown,
             topic,
             partition,
             from,
@@ -179,9 +184,15 @@ impl<'c> Reader<'c> {
     }
 
     /// The next record at or after the wanted offset; an error after [`STALL`] without any
-    /// record at all.
+    /// record at all, or as soon as the shutdown is triggered.
     fn next(&mut self) -> Result<BorrowedMessage<'c>, StreamError> {
         loop {
+            if self.shutdown.is_triggered() {
+                return Err(StreamError::Rebuild(format!(
+                    "partition {}: stopped by the shutdown at offset {}",
+                    self.partition, self.from
+                )));
+            }
             match self.consumer.poll(Duration::from_millis(200)) {
                 Some(Ok(m)) => {
                     self.active = Instant::now();

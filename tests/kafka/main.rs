@@ -381,6 +381,54 @@ fn a_caught_up_scorer_restarts_without_new_traffic() {
     assert!(second.terminate().success(), "{}", second.stderr_text());
 }
 
+/// SIGTERM while a partition's state is being rebuilt stops the process promptly and cleanly
+/// (the rebuild used to hold the poll thread, ignoring the signal, until it gave up after 60 s
+/// and the process exited with an error). The rebuild is made to wait by a committed offset
+/// beyond the partition's records, whose last record never arrives.
+#[test]
+#[ignore = "needs a tansu broker: scripts/test.sh runs it"]
+fn sigterm_during_a_rebuild_stops_promptly() {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+    let broker = Broker::start();
+    let b = broker.brokers();
+    let names = Names::new("term-rebuild");
+    names.create(&b, PARTITIONS);
+    let inputs: Vec<Input> = sample(200).iter().map(Input::tx).collect();
+    produce(&b, &names.transactions, &inputs, None);
+    let group: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &b)
+        .set("group.id", &names.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS as i32 {
+        tpl.add_partition_offset(&names.transactions, p, Offset::Offset(1_000_000))
+            .expect("offset");
+    }
+    group.commit(&tpl, CommitMode::Sync).expect("commit");
+    drop(group);
+
+    let mut serve = ServeSpec::new(&b, &names).start();
+    serve.wait_for_stderr("`rebuilding`", Duration::from_secs(60), |l| {
+        l.contains("partitions assigned").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let signalled = std::time::Instant::now();
+    let status = serve.terminate();
+    let took = signalled.elapsed();
+    let log = serve.stderr_text();
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        took < Duration::from_secs(10),
+        "took {took:?} to stop: {log}"
+    );
+    assert!(log.contains("stopping during a state rebuild"), "{log}");
+}
+
 #[test]
 #[ignore = "needs a tansu broker: scripts/test.sh runs it"]
 fn two_scorers_in_one_group_split_the_partitions_and_score_everything() {
@@ -625,6 +673,11 @@ fn exactly_once_on_the_mock_cluster_survives_a_crash_mid_transaction() {
         "pipeline.transaction_records=200".into(),
         "--set".into(),
         "pipeline.transaction_interval=10s".into(),
+        // The open transaction's messages stay in the client until the crash (a commit flushes
+        // them, the crash comes first): the mock cluster would show them to read_committed
+        // readers, having no transaction markers, so a shorter linger made this test flaky.
+        "--set".into(),
+        "kafka.producer.linger.ms=5000".into(),
     ];
     spec.env = vec![("VIGIL_FAILPOINT_ABORT_AFTER".into(), "1100".into())];
     let mut crashing = spec.start();

@@ -92,7 +92,13 @@ pub(super) fn run(
     while !shutdown.is_triggered() {
         let msg = consumer.poll(Duration::from_millis(100));
         if let Err(e) = prepare_assigned(shared, consumer) {
-            fatal = Some(e);
+            // A rebuild cut short by a shutdown is not a failure: its partition has scored
+            // nothing, so nothing of it is committed, and the next owner rebuilds it.
+            if shutdown.is_triggered() {
+                tracing::info!("stopping during a state rebuild: {e}");
+            } else {
+                fatal = Some(e);
+            }
             break;
         }
         match msg {

@@ -104,10 +104,10 @@ pub fn run_mode(
     mode: Mode,
 ) -> Result<Summary, StreamError> {
     if cfg.kafka.exactly_once {
-        let clients = Clients::connect(cfg, core, status, mode, ExactlyOnce::default())?;
+        let clients = Clients::connect(cfg, core, status, &shutdown, mode, ExactlyOnce::default())?;
         exactly_once::run(clients, &shutdown)
     } else {
-        let clients = Clients::connect(cfg, core, status, mode, AtLeastOnce::default())?;
+        let clients = Clients::connect(cfg, core, status, &shutdown, mode, AtLeastOnce::default())?;
         at_least_once::run(clients, &shutdown)
     }
 }
@@ -135,6 +135,7 @@ impl<G: Guarantee> Clients<G> {
         cfg: &StreamConfig,
         core: Arc<ScoringCore>,
         status: Arc<Status>,
+        shutdown: &Shutdown,
         mode: Mode,
         guarantee: G,
     ) -> Result<Clients<G>, StreamError> {
@@ -166,6 +167,7 @@ impl<G: Guarantee> Clients<G> {
             tracker,
             producer,
             status,
+            shutdown.clone(),
             guarantee,
         ));
         let consumer: BaseConsumer<ReaderContext<G>> = kafka::consumer_config(cfg, Some(&k.group))

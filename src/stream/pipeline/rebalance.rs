@@ -18,6 +18,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::scoring::ScoringCore;
+use crate::shutdown::Shutdown;
 use crate::stream::config::StreamConfig;
 use crate::stream::offsets::OffsetTracker;
 use crate::stream::rebuild;
@@ -58,6 +59,8 @@ pub(super) struct Shared<G> {
     exact_upto: Mutex<HashMap<i32, i64>>,
     assigned: Mutex<Vec<i32>>,
     pub(super) status: Arc<Status>,
+    /// The process's shutdown: a rebuild in progress stops when it is triggered.
+    pub(super) shutdown: Shutdown,
     /// The mode's own state: batches on their way to the workers, or the open transaction.
     pub(super) guarantee: G,
 }
@@ -69,9 +72,11 @@ impl<G: Guarantee> Shared<G> {
         tracker: Arc<OffsetTracker>,
         producer: Arc<Producer_>,
         status: Arc<Status>,
+        shutdown: Shutdown,
         guarantee: G,
     ) -> Shared<G> {
         Shared {
+            shutdown,
             cfg,
             core,
             tracker,
@@ -239,7 +244,7 @@ fn on_assigned<G: Guarantee>(
             }
             Some(c) => {
                 shared.core.reset_partition(p as u32);
-                let n = rebuild::rebuild_partition(cfg, &shared.core, p, c)?;
+                let n = rebuild::rebuild_partition(cfg, &shared.core, p, c, &shared.shutdown)?;
                 tracing::info!(partition = p, offset = c, records = n, "state rebuilt");
             }
             None => shared.core.reset_partition(p as u32),
