@@ -438,7 +438,9 @@ fn two_scorers_in_one_group_split_the_partitions_and_score_everything() {
     names.create(&b, PARTITIONS);
     let txs = sample(8000);
     let inputs: Vec<Input> = txs.iter().map(Input::tx).collect();
-    let producer = produce_in_background(&b, &names.transactions, inputs, 2000.0);
+    // 8 s of traffic: the second scorer must join while there is still some to split, also on
+    // a loaded machine (at 2000/s the first one sometimes read everything before it joined).
+    let producer = produce_in_background(&b, &names.transactions, inputs, 1000.0);
 
     let (ma, mb) = (free_addr(), free_addr());
     let mut spec = ServeSpec::new(&b, &names);

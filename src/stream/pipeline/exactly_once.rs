@@ -18,7 +18,7 @@ use crate::telemetry;
 
 use super::batch::Batch;
 use super::emit::{Producer_, Scratch};
-use super::rebalance::{prepare_assigned, Guarantee, ReaderContext, Shared};
+use super::rebalance::{prepare_assigned, Guarantee, Prepared, ReaderContext, Shared};
 use super::{tpl_of, Clients};
 
 /// Exactly-once's state shared with the rebalance callbacks: the open transaction, which a
@@ -91,15 +91,13 @@ pub(super) fn run(
     let mut fatal: Option<StreamError> = None;
     while !shutdown.is_triggered() {
         let msg = consumer.poll(Duration::from_millis(100));
-        if let Err(e) = prepare_assigned(shared, consumer) {
-            // A rebuild cut short by a shutdown is not a failure: its partition has scored
-            // nothing, so nothing of it is committed, and the next owner rebuilds it.
-            if shutdown.is_triggered() {
-                tracing::info!("stopping during a state rebuild: {e}");
-            } else {
+        match prepare_assigned(shared, consumer) {
+            Ok(Prepared::Ready) => {}
+            Ok(Prepared::Stopping) => break,
+            Err(e) => {
                 fatal = Some(e);
+                break;
             }
-            break;
         }
         match msg {
             None => {}

@@ -188,17 +188,33 @@ impl<G: Guarantee> ConsumerContext for ReaderContext<G> {
     }
 }
 
+/// What the reader does after [`prepare_assigned`].
+pub(super) enum Prepared {
+    /// Go on: every assigned partition is ready to score.
+    Ready,
+    /// Stop: the shutdown cut a rebuild short. Not a failure: that partition has scored
+    /// nothing, so nothing of it is committed, and its next owner rebuilds it.
+    Stopping,
+}
+
 /// Rebalances happen inside `poll`: after each poll the reader prepares what was just assigned,
 /// before it scores any record from it.
 pub(super) fn prepare_assigned<G: Guarantee>(
     shared: &Shared<G>,
     consumer: &BaseConsumer<ReaderContext<G>>,
-) -> Result<(), StreamError> {
+) -> Result<Prepared, StreamError> {
     let newly: Vec<i32> = std::mem::take(&mut *shared.lock_newly());
     if newly.is_empty() {
-        return Ok(());
+        return Ok(Prepared::Ready);
     }
-    on_assigned(shared, consumer, &newly)
+    match on_assigned(shared, consumer, &newly) {
+        Ok(()) => Ok(Prepared::Ready),
+        Err(e) if shared.shutdown.is_triggered() => {
+            tracing::info!("stopping during a state rebuild: {e}");
+            Ok(Prepared::Stopping)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Prepares newly assigned partitions: tracking, and window state rebuilt unless the state held
