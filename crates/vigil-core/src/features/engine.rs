@@ -43,6 +43,7 @@ use serde::Serialize;
 
 use super::labels::{Held, LabelIndex};
 use super::plan::{self, Source, TableCfg};
+use super::snapshot::{Bad, Reader, Writer};
 use super::spec::{Attr, Entity, FeatureSpec, PrevOut, TooLatePolicy, TxFeature};
 use super::table::{key_of_hash, EntityMut, EntityTable, Ev, Events, Layout, NO_LABEL};
 use super::window::{advance, on_insert, write_tx, Ctx, Run};
@@ -739,6 +740,87 @@ impl FeatureEngine {
             watermark_ms: self.watermark_ms(),
             ..self.stats.clone()
         }
+    }
+}
+
+/// Snapshots: the state as bytes and back (see [`super::snapshot`]). What is derived from the
+/// spec (tables' plans, needs, per-transaction features) is not written; it is rebuilt by
+/// [`FeatureEngine::new`] and the bytes are checked against it.
+impl FeatureEngine {
+    pub(super) fn encode(&self, w: &mut Writer) {
+        w.i64(self.watermark);
+        w.i64(self.label_max_known);
+        w.i64(self.next_sweep);
+        let s = &self.stats;
+        for c in [
+            s.events_in_order,
+            s.events_late,
+            s.events_too_late,
+            s.events_duplicate,
+            s.labels_applied,
+            s.labels_ignored,
+            s.labels_unused,
+        ] {
+            w.u64(c);
+        }
+        w.u64(self.tables.len() as u64);
+        for table in &self.tables {
+            table.map.encode(w);
+        }
+        match &self.labels {
+            Some(index) => {
+                w.u8(1);
+                index.encode(w);
+            }
+            None => w.u8(0),
+        }
+    }
+
+    /// Entities whose running aggregates must be rebuilt by a scan before use (tests check that
+    /// a restore keeps the ones it was given).
+    #[cfg(test)]
+    pub(super) fn unpositioned_entities(&self) -> usize {
+        self.tables
+            .iter()
+            .map(|t| t.map.iter().filter(|e| e.t_run == i64::MIN).count())
+            .sum()
+    }
+
+    pub(super) fn decode(spec: Arc<FeatureSpec>, r: &mut Reader<'_>) -> Result<FeatureEngine, Bad> {
+        let mut engine = FeatureEngine::new(spec);
+        engine.watermark = r.i64()?;
+        engine.label_max_known = r.i64()?;
+        engine.next_sweep = r.i64()?;
+        let s = &mut engine.stats;
+        for c in [
+            &mut s.events_in_order,
+            &mut s.events_late,
+            &mut s.events_too_late,
+            &mut s.events_duplicate,
+            &mut s.labels_applied,
+            &mut s.labels_ignored,
+            &mut s.labels_unused,
+        ] {
+            *c = r.u64()?;
+        }
+        let n = r.u64()?;
+        if n != engine.tables.len() as u64 {
+            return Err(Bad(format!(
+                "{n} entity tables, the spec has {}",
+                engine.tables.len()
+            )));
+        }
+        for table in &mut engine.tables {
+            table.map.decode(r)?;
+        }
+        let has_labels = r.u8()? != 0;
+        if has_labels != engine.labels.is_some() {
+            return Err(Bad("label index presence differs from the spec's".into()));
+        }
+        if has_labels {
+            engine.labels = Some(LabelIndex::decode(r, engine.spec.retention_ms())?);
+        }
+        Ok(engine)
     }
 }
 

@@ -5,6 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
+use super::snapshot::{Bad, Reader, Writer};
 use super::table::prefetch;
 use crate::record::{LabelEvent, Transaction};
 
@@ -106,6 +107,47 @@ impl LabelSchedule {
     pub fn is_empty(&self) -> bool {
         self.pending.is_empty()
     }
+
+    /// The schedule as snapshot bytes (pending labels with their order).
+    pub(super) fn encode(&self, w: &mut Writer) {
+        w.i64(self.default_latency_ms);
+        w.u64(self.pushed);
+        w.u64(self.pending.len() as u64);
+        for Reverse(p) in &self.pending {
+            w.i64(p.known_at_ms);
+            w.u64(p.seq);
+            w.u8(u8::from(p.label.fraud));
+            w.str(&p.label.transaction_id);
+        }
+    }
+
+    /// The schedule [`encode`](Self::encode) wrote.
+    pub(super) fn decode(r: &mut Reader<'_>) -> Result<LabelSchedule, Bad> {
+        let default_latency_ms = r.i64()?;
+        let pushed = r.u64()?;
+        let n = r.count(21)?;
+        let mut pending = Vec::with_capacity(n);
+        for _ in 0..n {
+            let known_at_ms = r.i64()?;
+            let seq = r.u64()?;
+            let fraud = r.u8()? != 0;
+            let transaction_id = r.str()?;
+            pending.push(Reverse(Pending {
+                known_at_ms,
+                seq,
+                label: LabelEvent {
+                    transaction_id,
+                    fraud,
+                    known_at_ms,
+                },
+            }));
+        }
+        Ok(LabelSchedule {
+            default_latency_ms,
+            pending: BinaryHeap::from(pending),
+            pushed,
+        })
+    }
 }
 
 /// Where a held transaction is, for applying its label later.
@@ -187,6 +229,55 @@ impl LabelIndex {
 
     pub(super) fn heap_bytes(&self) -> usize {
         self.gens.iter().map(|g| g.2.heap_bytes()).sum()
+    }
+
+    /// The index as snapshot bytes: each generation's entries in insertion order.
+    pub(super) fn encode(&self, w: &mut Writer) {
+        w.i64(self.gen_ms);
+        w.u64(self.gens.len() as u64);
+        for (g, max_ts, table) in &self.gens {
+            w.i64(*g);
+            w.i64(*max_ts);
+            w.u64(table.entries.len() as u64);
+            for (tx, held) in &table.entries {
+                w.u64(*tx);
+                w.i64(held.ts);
+                w.u64(held.keys[0]);
+                w.u64(held.keys[1]);
+                w.u32(held.tag);
+            }
+        }
+    }
+
+    /// The index [`encode`](Self::encode) wrote, for a spec whose generations are `gen_ms`
+    /// long (refused otherwise).
+    pub(super) fn decode(r: &mut Reader<'_>, retention_ms: i64) -> Result<LabelIndex, Bad> {
+        let mut index = LabelIndex::new(retention_ms);
+        let gen_ms = r.i64()?;
+        if gen_ms != index.gen_ms {
+            return Err(Bad(format!(
+                "label index generations of {gen_ms} ms, the spec's are {} ms",
+                index.gen_ms
+            )));
+        }
+        let n = r.count(24)?;
+        for _ in 0..n {
+            let g = r.i64()?;
+            let max_ts = r.i64()?;
+            let len = r.count(36)?;
+            let mut table = HeldTable::with_capacity(len);
+            for _ in 0..len {
+                let tx = r.u64()?;
+                let held = Held {
+                    ts: r.i64()?,
+                    keys: [r.u64()?, r.u64()?],
+                    tag: r.u32()?,
+                };
+                table.insert(tx, held);
+            }
+            index.gens.push_back((g, max_ts, table));
+        }
+        Ok(index)
     }
 }
 

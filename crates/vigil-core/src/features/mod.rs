@@ -67,6 +67,7 @@ mod engine;
 mod labels;
 mod plan;
 mod shard;
+pub mod snapshot;
 mod spec;
 mod table;
 mod window;

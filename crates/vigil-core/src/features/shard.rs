@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use super::engine::{EngineStats, EventOutcome, FeatureEngine};
 use super::labels::LabelSchedule;
+use super::snapshot::{Bad, Reader, Writer};
 use super::spec::FeatureSpec;
 use crate::record::{LabelEvent, Transaction};
 
@@ -127,6 +128,25 @@ impl Shard {
     /// The feature engine (watermark, stats, spec).
     pub fn engine(&self) -> &FeatureEngine {
         &self.engine
+    }
+
+    /// The whole state as a snapshot body (see [`super::snapshot`]).
+    pub(super) fn encode_body(&self, w: &mut Writer) {
+        w.u8(u8::from(self.replaying));
+        self.engine.encode(w);
+        self.labels.encode(w);
+    }
+
+    /// The state [`encode_body`](Self::encode_body) wrote, under `spec`.
+    pub(super) fn decode_body(spec: Arc<FeatureSpec>, r: &mut Reader<'_>) -> Result<Shard, Bad> {
+        let replaying = r.u8()? != 0;
+        let engine = FeatureEngine::decode(Arc::clone(&spec), r)?;
+        let labels = LabelSchedule::decode(r)?;
+        Ok(Shard {
+            engine,
+            labels,
+            replaying,
+        })
     }
 }
 

@@ -36,6 +36,8 @@
 
 use std::mem::size_of;
 
+use super::snapshot::{Bad, Reader, Writer};
+
 /// `known_at` of an event without a label.
 pub(super) const NO_LABEL: i64 = i64::MAX;
 
@@ -1071,6 +1073,153 @@ impl EntityTable {
         self.slots.len() * size_of::<EntityBlock>()
             + self.iter().map(EntityBlock::heap_bytes).sum::<usize>()
     }
+}
+
+/// Snapshots (see [`super::snapshot`]). Event columns are written as their bytes in memory,
+/// which are little-endian on every platform vigil builds for (x86_64, aarch64).
+impl EntityTable {
+    fn layout_code(&self) -> [u64; 3] {
+        let c = self.layout.cols;
+        let bits = [
+            c.known_at, c.bits, c.tag, c.loc, c.attrs[0], c.attrs[1], c.attrs[2],
+        ]
+        .iter()
+        .enumerate()
+        .fold(0u64, |acc, (i, &b)| acc | (u64::from(b) << i));
+        [self.layout.n_wins as u64, self.layout.n_risks as u64, bits]
+    }
+
+    /// Every entity: bookkeeping, running aggregates, live events column by column.
+    pub(super) fn encode(&self, w: &mut Writer) {
+        for v in self.layout_code() {
+            w.u64(v);
+        }
+        w.u64(self.len as u64);
+        let aggs_words = self.layout.aggs_bytes / 8;
+        for e in self.iter() {
+            w.u64(e.key);
+            w.i64(e.t_run);
+            w.i64(e.front_ts);
+            w.i64(e.last_ts);
+            let (h, n) = (e.head as usize, e.len());
+            w.u32(n as u32);
+            for &word in &e.block[..aggs_words] {
+                w.u64(word);
+            }
+            // SAFETY: the whole block as bytes (u8 has no alignment or validity requirement).
+            let bytes = unsafe { col::<u8>(&e.block, 0, e.block.len() * 8) };
+            for (off, size) in self.layout.stored(e.cap as usize) {
+                w.bytes(&bytes[off + size * h..off + size * (h + n)]);
+            }
+        }
+    }
+
+    /// Fills this (empty) table with the entities [`encode`](Self::encode) wrote, refusing
+    /// bytes of another layout or with events out of time order. Running aggregates that do
+    /// not fit their entity's events are dropped (rebuilt by a scan on the entity's next
+    /// event, which is exact).
+    pub(super) fn decode(&mut self, r: &mut Reader<'_>) -> Result<(), Bad> {
+        let code = [r.u64()?, r.u64()?, r.u64()?];
+        if code != self.layout_code() {
+            return Err(Bad(format!(
+                "an entity table's layout {code:?} is not the spec's {:?}",
+                self.layout_code()
+            )));
+        }
+        let layout = self.layout;
+        let aggs_words = layout.aggs_bytes / 8;
+        let row_bytes = layout.before[10];
+        let n = r.count(36 + aggs_words * 8)?;
+        let slots = (2 * n).next_power_of_two().max(64);
+        self.slots = (0..slots).map(|_| EntityBlock::empty()).collect();
+        self.mask = slots - 1;
+        self.len = 0;
+        for _ in 0..n {
+            let key = r.u64()?;
+            let t_run = r.i64()?;
+            let front_ts = r.i64()?;
+            let last_ts = r.i64()?;
+            let len = r.u32()? as usize;
+            if aggs_words * 8 + len.saturating_mul(row_bytes) > r.rest_len() {
+                return Err(Bad(format!("an entity's {len} events are truncated")));
+            }
+            let cap = len.max(4);
+            let mut block = vec![0u64; layout.offsets(cap).end.div_ceil(8)].into_boxed_slice();
+            for word in &mut block[..aggs_words] {
+                *word = r.u64()?;
+            }
+            {
+                // SAFETY: the whole block as bytes (u8 has no alignment or validity requirement).
+                let n_bytes = block.len() * 8;
+                let bytes = unsafe { col_mut::<u8>(&mut block, 0, n_bytes) };
+                for (off, size) in layout.stored(cap) {
+                    bytes[off..off + size * len].copy_from_slice(r.take(size * len)?);
+                }
+            }
+            let slot = match self.find_slot(key) {
+                _ if key == 0 => return Err(Bad("an entity key is 0".into())),
+                Ok(_) => return Err(Bad(format!("entity key {key:#x} appears twice"))),
+                Err(i) => i,
+            };
+            self.slots[slot] = EntityBlock {
+                key,
+                t_run,
+                front_ts,
+                last_ts,
+                head: 0,
+                rows: len as u32,
+                cap: cap as u32,
+                block,
+            };
+            self.len += 1;
+            let mut e = EntityMut {
+                block: &mut self.slots[slot],
+                layout: &self.layout,
+            };
+            let times = e.times();
+            let sorted = times.windows(2).all(|p| p[0] <= p[1]);
+            let ends = times.first().map_or((i64::MAX, i64::MIN), |&f| {
+                (f, times.last().copied().unwrap_or(f))
+            });
+            if !sorted || (e.front_ts, e.last_ts) != ends {
+                return Err(Bad(format!(
+                    "entity {key:#x}: events out of time order or bounds mismatch"
+                )));
+            }
+            if e.t_run != i64::MIN && !aggregates_fit(e.parts_mut()) {
+                e.set_t_run(i64::MIN);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether restored running aggregates agree with their entity's events in everything the fast
+/// path relies on (indices in range, counts, cached edge times, fraud counts), so no later
+/// update can underflow or index out of bounds.
+fn aggregates_fit((wins, risks, ev): (&mut [RunWin], &mut [RunRisk], Events<'_>)) -> bool {
+    let n = ev.len();
+    let ts_at = |i: usize| ev.ts.get(i).copied().unwrap_or(i64::MAX);
+    let wins_fit = wins.iter().all(|w| {
+        let start = w.start as usize;
+        start <= n && w.n as usize == n - start && w.exit_ts == ts_at(start)
+    });
+    let risks_fit = risks.iter().all(|r| {
+        let (lo, hi) = (r.lo as usize, r.hi as usize);
+        if lo > hi || hi > n || r.n as usize != hi - lo || r.hi_ts != ts_at(hi) {
+            return false;
+        }
+        if lo < hi && r.lo_ts != ev.ts[lo] {
+            return false;
+        }
+        let fraud = if ev.bits.len() == n {
+            (lo..hi).filter(|&i| ev.fraud(i)).count()
+        } else {
+            0
+        };
+        r.fraud as usize == fraud
+    });
+    wins_fit && risks_fit
 }
 
 /// Hints the CPU to load the cache line at `p`. Never faults, changes nothing observable.
