@@ -38,5 +38,6 @@ pub mod proto;
 pub mod scoring;
 pub mod serve;
 pub mod shutdown;
+pub mod state;
 pub mod stream;
 pub mod telemetry;

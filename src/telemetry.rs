@@ -29,6 +29,11 @@ pub const ASSIGNED_PARTITIONS: &str = "vigil_assigned_partitions";
 pub const OFFSET_COMMITS: &str = "vigil_offset_commits_total";
 pub const DELIVERY_ERRORS: &str = "vigil_delivery_errors_total";
 pub const IN_FLIGHT: &str = "vigil_in_flight_records";
+pub const SNAPSHOT_SECONDS: &str = "vigil_snapshot_seconds";
+pub const SNAPSHOT_BYTES: &str = "vigil_snapshot_bytes";
+pub const SNAPSHOTS: &str = "vigil_snapshots_total";
+pub const RESTORE_SECONDS: &str = "vigil_restore_seconds";
+pub const RESTORES: &str = "vigil_restores_total";
 
 /// Latency buckets, seconds: 50 us to 30 s.
 const LATENCY_BUCKETS: [f64; 18] = [
@@ -50,6 +55,8 @@ pub fn install_prometheus(
         .set_buckets_for_metric(Matcher::Full(END_TO_END_LATENCY.into()), &LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(SCORING_LATENCY.into()), &LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(SCORE.into()), &SCORE_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(SNAPSHOT_SECONDS.into()), &LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(RESTORE_SECONDS.into()), &LATENCY_BUCKETS)?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -99,6 +106,25 @@ fn describe() {
     describe_gauge!(
         IN_FLIGHT,
         "Records read whose outputs are not yet acknowledged"
+    );
+    describe_histogram!(
+        SNAPSHOT_SECONDS,
+        "State snapshot time, by phase: encode (scoring of the partition paused), write (to the \
+         state store, scoring goes on)"
+    );
+    describe_gauge!(
+        SNAPSHOT_BYTES,
+        "Size of the latest state snapshot written, by partition"
+    );
+    describe_counter!(SNAPSHOTS, "State snapshots written, by result");
+    describe_histogram!(
+        RESTORE_SECONDS,
+        "Time to bring an assigned partition's state up to its committed offset, by how \
+         (snapshot: load + tail replay; replay: full replay)"
+    );
+    describe_counter!(
+        RESTORES,
+        "Partition state preparations, by how (snapshot, replay, refused_snapshot, exact, fresh)"
     );
 }
 
@@ -248,6 +274,33 @@ pub fn label_in(result: &'static str) {
 
 pub fn rebuilt(records: u64) {
     counter!(REBUILT_RECORDS).increment(records);
+}
+
+/// A snapshot of `partition`: `encode` is how long its scoring paused, `write` how long the
+/// store took (`None`: the write failed).
+pub fn snapshot_written(
+    partition: u32,
+    encode: std::time::Duration,
+    write: Option<std::time::Duration>,
+    bytes: usize,
+) {
+    histogram!(SNAPSHOT_SECONDS, "phase" => "encode").record(encode.as_secs_f64());
+    match write {
+        Some(w) => {
+            histogram!(SNAPSHOT_SECONDS, "phase" => "write").record(w.as_secs_f64());
+            gauge!(SNAPSHOT_BYTES, "partition" => partition.to_string()).set(bytes as f64);
+            counter!(SNAPSHOTS, "result" => "ok").increment(1);
+        }
+        None => counter!(SNAPSHOTS, "result" => "error").increment(1),
+    }
+}
+
+/// How an assigned partition's state was prepared, and how long it took.
+pub fn restored(how: &'static str, took: std::time::Duration) {
+    counter!(RESTORES, "how" => how).increment(1);
+    if matches!(how, "snapshot" | "replay") {
+        histogram!(RESTORE_SECONDS, "how" => how).record(took.as_secs_f64());
+    }
 }
 
 pub fn assigned_partitions(n: usize) {

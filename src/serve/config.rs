@@ -7,6 +7,7 @@
 //! | `[kafka]`, `[pipeline]` | [`KafkaConfig`], [`PipelineConfig`] | [`crate::stream`] |
 //! | `[grpc]` | [`ApiConfig`] | [`crate::api`] |
 //! | `[scoring]` | [`ScoringConfig`] | [`crate::scoring`] |
+//! | `[state]` | [`StateConfig`] | [`crate::state`] |
 //! | `[model]`, `[http]` | [`ModelConfig`], [`HttpConfig`] | this module (the serving process) |
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::ApiConfig;
 use crate::config::{check_duration, duration, KeyError, Layered};
 use crate::scoring::ScoringConfig;
+use crate::state::StateConfig;
 use crate::stream::config::{KafkaConfig, PipelineConfig, StreamConfig};
 
 pub use crate::config::{ConfigError, Loader};
@@ -33,6 +35,7 @@ pub struct Config {
     pub pipeline: PipelineConfig,
     pub grpc: ApiConfig,
     pub scoring: ScoringConfig,
+    pub state: StateConfig,
     pub model: ModelConfig,
     pub http: HttpConfig,
 }
@@ -46,6 +49,7 @@ impl Layered for Config {
         self.stream().validate()?;
         self.grpc.validate().map_err(|e| e.key_error())?;
         self.scoring.validate().map_err(|e| e.under("scoring"))?;
+        self.state.validate().map_err(|e| e.under("state"))?;
         self.model.validate().map_err(|e| e.under("model"))?;
         self.http.validate().map_err(|e| e.under("http"))?;
         if !self.kafka.enabled && !self.grpc.enabled {
@@ -65,6 +69,7 @@ impl Config {
         StreamConfig {
             kafka: self.kafka.clone(),
             pipeline: self.pipeline.clone(),
+            state: self.state.clone(),
         }
     }
 
@@ -263,6 +268,22 @@ max_alert_subscribers = 64
 partitions = 0
 # Alerts buffered per StreamAlerts subscriber before a slow one starts skipping.
 alert_buffer = 4096
+
+[state]
+# Snapshots of each partition's window state, so a restart or a rebalance restores the newest
+# one at or before the committed offset and replays only the records after it (false: every
+# assignment replays the whole window from the topic).
+snapshots = true
+# Local directory of the snapshots (--state-dir); empty = <temp dir>/vigil-state.
+dir = ""
+# Or an object store, e.g. s3://bucket/prefix (AWS_* variables: credentials, AWS_ENDPOINT for
+# an S3-compatible server, AWS_ALLOW_HTTP=true for plain http), or file:///var/lib/vigil.
+url = ""
+# How often each assigned partition is snapshotted when its state moved; also on revocation and
+# on a clean shutdown.
+interval = "5m"
+# Snapshots kept per partition (a restore needs one at or before the committed offset).
+keep = 3
 
 [http]
 # /metrics (Prometheus), /healthz, /readyz; empty = off.
@@ -490,6 +511,7 @@ mod tests {
             "[pipeline]",
             "[grpc]",
             "[scoring]",
+            "[state]",
             "[model]",
             "[http]",
         ] {

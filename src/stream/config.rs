@@ -215,6 +215,8 @@ impl PipelineConfig {
 pub struct StreamConfig {
     pub kafka: KafkaConfig,
     pub pipeline: PipelineConfig,
+    /// Where partition state is snapshotted (`[state]`).
+    pub state: crate::state::StateConfig,
 }
 
 impl StreamConfig {
