@@ -47,6 +47,9 @@ pub struct ServeArgs {
     /// host:port of /metrics, /healthz, /readyz (http.metrics_addr; empty: off).
     #[arg(long)]
     pub metrics_addr: Option<String>,
+    /// Directory of the partition state snapshots (state.dir; default: <temp dir>/vigil-state).
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// Kafka transactions (kafka.exactly_once = true).
     #[arg(long)]
     pub exactly_once: bool,
@@ -242,6 +245,7 @@ pub fn serve_config(a: &ServeArgs) -> Result<Config> {
             flag(a.api.grpc_addr.is_some()),
         ),
         ("model", "path", "--model", path(&a.model)),
+        ("state", "dir", "--state-dir", path(&a.state_dir)),
         (
             "http",
             "metrics_addr",

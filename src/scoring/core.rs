@@ -48,7 +48,7 @@ use std::time::Instant;
 
 use tokio::sync::broadcast;
 
-use crate::features::{EngineStats, EventOutcome};
+use crate::features::{snapshot, EngineStats, EventOutcome};
 use crate::model::Model;
 use crate::partition::partition_for;
 use crate::record::{LabelEvent, Transaction};
@@ -81,6 +81,11 @@ struct Partition {
     scorer: Scorer,
     /// The model generation `scorer` uses.
     generation: u64,
+    /// The next offset of the partition's records not in the state, when known: the state is
+    /// that of the records before it (plus any scored over gRPC). `None` for fresh state.
+    offset: Option<i64>,
+    /// The offset of the last snapshot taken of this state.
+    snapshotted: Option<i64>,
 }
 
 /// The shared scoring core of a serving process. See the module docs.
@@ -129,6 +134,8 @@ impl ScoringCore {
         Partition {
             scorer: Scorer::new(Arc::clone(model)),
             generation,
+            offset: None,
+            snapshotted: None,
         }
     }
 
@@ -229,6 +236,30 @@ impl ScoringCore {
         scored
     }
 
+    /// [`score_in`](Self::score_in) for the record at `offset` of the partition: the state then
+    /// reflects the records up to and including it (what a snapshot records).
+    pub fn score_at(
+        &self,
+        path: ScoringPath,
+        partition: u32,
+        offset: i64,
+        tx: &Transaction,
+    ) -> Scored {
+        let started = Instant::now();
+        let scored = {
+            let mut shard = self.shard(partition);
+            let (verdict, outcome) = shard.scorer.score(tx);
+            shard.offset = Some(offset + 1);
+            Scored {
+                verdict,
+                outcome: Some(outcome),
+                features: None,
+            }
+        };
+        self.record(path, &scored, started);
+        scored
+    }
+
     /// Scores `tx` from its card's current state without changing anything (`dry_run`). Dry
     /// runs publish no alerts.
     pub fn peek(&self, tx: &Transaction) -> Verdict {
@@ -240,6 +271,74 @@ impl ScoringCore {
     /// state from already-scored history after a restart or a rebalance.
     pub fn warm_in(&self, partition: u32, tx: &Transaction) -> EventOutcome {
         self.shard(partition).scorer.warm(tx)
+    }
+
+    /// Records that `partition`'s state now reflects its records before `offset` (after a
+    /// replay up to it; records that did not decode change no state).
+    pub fn set_offset(&self, partition: u32, offset: i64) {
+        self.shard(partition).offset = Some(offset);
+    }
+
+    /// The next offset not in `partition`'s state, if known.
+    pub fn offset(&self, partition: u32) -> Option<i64> {
+        self.shard(partition).offset
+    }
+
+    /// A snapshot of `partition`'s state (see [`crate::features::snapshot`]), encoded under its
+    /// lock (its scoring waits meanwhile), with the offset it reflects. `None` when the offset
+    /// is unknown, or when `only_if_moved` and nothing was scored since the last snapshot.
+    pub fn snapshot(&self, partition: u32, only_if_moved: bool) -> Option<(i64, Vec<u8>)> {
+        let mut shard = self.shard(partition);
+        let offset = shard.offset?;
+        if only_if_moved && shard.snapshotted == Some(offset) {
+            return None;
+        }
+        let info = snapshot::SnapshotInfo {
+            spec_fingerprint: String::new(),
+            partition,
+            partitions: self.partitions(),
+            offset,
+            watermark_ms: None,
+            entities: 0,
+            events: 0,
+            pending_labels: 0,
+            created_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        let bytes = snapshot::encode(shard.scorer.state(), info);
+        shard.snapshotted = Some(offset);
+        Some((offset, bytes))
+    }
+
+    /// Replaces `partition`'s state by the one in snapshot `bytes`, decoded (outside the lock)
+    /// for the serving model's spec and this core's partition count; the labels the core has
+    /// seen are queued again, as for a [reset](Self::reset_partition) (labels already applied
+    /// are applied again to the same transactions, which changes nothing). On error the state
+    /// is left as it was.
+    pub fn restore_partition(
+        &self,
+        partition: u32,
+        bytes: &[u8],
+    ) -> Result<snapshot::SnapshotInfo, snapshot::SnapshotError> {
+        let model = self.model();
+        let expect = snapshot::Expect {
+            spec: &model.spec,
+            partition,
+            partitions: self.partitions(),
+        };
+        let (info, state) = snapshot::decode(bytes, expect)?;
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut fresh = Partition {
+            scorer: Scorer::restored(Arc::clone(&model), state),
+            generation,
+            offset: Some(info.offset),
+            snapshotted: Some(info.offset),
+        };
+        for label in self.labels.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            fresh.scorer.push_label(label.clone());
+        }
+        let i = (partition as usize).min(self.shards.len() - 1);
+        *self.shards[i].lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(info)
     }
 
     /// Queues a label for every partition (the one holding its transaction applies it when its
@@ -390,6 +489,51 @@ mod tests {
         core.warm_in(p, &tx("t1", "card-a", t0, 10.0));
         core.warm_in(p, &tx("t2", "card-a", t0 + 20, 10.0));
         assert_eq!(core.stats(p).labels_applied, 1, "{:?}", core.stats(p));
+    }
+
+    /// A partition restored from its snapshot scores the next transactions exactly as the
+    /// original state does; a snapshot of another spec or partition count is refused and the
+    /// state left as it was.
+    #[test]
+    fn a_partition_restored_from_a_snapshot_scores_as_the_original() {
+        let core = ScoringCore::new(model(), 2, 16);
+        let t0 = 1_600_000_000_000;
+        let p = core.partition_of("card-a");
+        for i in 0..50 {
+            let t = tx(&format!("t{i}"), "card-a", t0 + i * 60_000, 10.0 + i as f64);
+            core.score_at(GRPC, p, i, &t);
+        }
+        let (offset, bytes) = core.snapshot(p, true).expect("state has an offset");
+        assert_eq!(offset, 50);
+        assert!(core.snapshot(p, true).is_none(), "nothing moved since");
+        let copy = ScoringCore::new(model(), 2, 16);
+        let info = copy.restore_partition(p, &bytes).expect("restores");
+        assert_eq!((info.offset, copy.offset(p)), (50, Some(50)));
+        let next = tx("t99", "card-a", t0 + 50 * 60_000, 999.0);
+        let (a, b) = (core.score(GRPC, &next), copy.score(GRPC, &next));
+        assert_eq!(a.verdict.score, b.verdict.score);
+        assert_eq!(a.verdict.reasons, b.verdict.reasons);
+
+        let four = ScoringCore::new(model(), 4, 16);
+        let err = four
+            .restore_partition(p, &bytes)
+            .expect_err("partition count");
+        assert!(err.to_string().contains("of 4"), "{err}");
+        let mut other = (*model()).clone();
+        other.spec = Arc::new(
+            crate::features::FeatureSpec::from_toml_str(
+                "transaction = [\"amount\"]\n[[window]]\nentity = \"card\"\nlengths = [\"1h\"]\naggregates = [\"count\"]\n",
+            )
+            .expect("spec"),
+        );
+        let other_core = ScoringCore::new(Arc::new(other), 2, 16);
+        let err = other_core.restore_partition(p, &bytes).expect_err("spec");
+        assert!(err.to_string().contains("feature spec"), "{err}");
+        assert_eq!(
+            other_core.stats(p).events_in_order,
+            0,
+            "state left as it was"
+        );
     }
 
     #[test]

@@ -71,6 +71,19 @@ impl Scorer {
         }
     }
 
+    /// A scorer whose window state is `state` (restored from a snapshot taken under `model`'s
+    /// feature spec).
+    pub fn restored(model: Arc<Model>, state: Shard) -> Scorer {
+        let mut scorer = Scorer::new(model);
+        scorer.state = state;
+        scorer
+    }
+
+    /// The window state.
+    pub fn state(&self) -> &Shard {
+        &self.state
+    }
+
     /// Sets how many reason codes each verdict carries.
     pub fn with_reasons(mut self, n: usize) -> Scorer {
         self.n_reasons = n;

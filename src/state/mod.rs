@@ -208,11 +208,14 @@ mod tests {
         let store = ObjectStateStore::local(dir.path()).expect("store");
         let snaps = Snapshots::new(Box::new(store), "my group", "tx", 2);
         for offset in [10, 250, 40] {
-            snaps
-                .save(3, offset, vec![offset as u8; 5])
-                .expect("saved");
+            snaps.save(3, offset, vec![offset as u8; 5]).expect("saved");
         }
-        let offsets: Vec<i64> = snaps.list(3).expect("list").iter().map(|s| s.offset).collect();
+        let offsets: Vec<i64> = snaps
+            .list(3)
+            .expect("list")
+            .iter()
+            .map(|s| s.offset)
+            .collect();
         assert_eq!(offsets, [40, 250], "the newest two are kept");
         assert!(snaps.list(4).expect("list").is_empty());
         let c = snaps.candidates(3, 100).expect("candidates");

@@ -11,12 +11,14 @@
 //! 3. replays `S .. C` through [`ScoringCore::warm_in`] (state only; records that do not decode
 //!    are skipped, as they were dead letters the first time).
 //!
+//! With a snapshot (see [`crate::state`]) only step 3 runs, from the snapshot's offset:
+//! [`replay_tail`].
+//!
 //! This relies on record timestamps not running ahead of event time by more than
 //! `rebuild_margin`; when a topic holds history replayed faster than real time (record
 //! timestamps seconds apart for months of event time), step 2 lands at the start of the
 //! partition and the whole partition is replayed, which is exact. Replaying more than needed is
-//! harmless: the engine never reads events at or before its retention horizon. Snapshots of
-//! state were the alternative; replay needs no extra storage and cannot go stale.
+//! harmless: the engine never reads events at or before its retention horizon.
 
 use std::time::{Duration, Instant};
 
@@ -93,10 +95,67 @@ pub fn rebuild_partition(
         _ => low,
     };
     // 3. Replay.
-    let format = cfg.input_format();
-    let mut reader = Reader::open(&consumer, shutdown, topic, partition, start, low)?;
-    let total = (end - start) as u64;
     tracing::info!(partition, from = start, to = end, "rebuilding state");
+    replay_range(cfg, &consumer, core, partition, start, end, low, shutdown)
+}
+
+/// Replays `partition`'s records `from .. to` into `core` after its state was restored from a
+/// snapshot taken at `from`: the tail the snapshot does not hold. Returns the number of records
+/// replayed (0 when the snapshot is at the committed offset).
+pub fn replay_tail(
+    cfg: &StreamConfig,
+    core: &ScoringCore,
+    partition: i32,
+    from: i64,
+    to: i64,
+    shutdown: &Shutdown,
+) -> Result<u64, StreamError> {
+    if from >= to {
+        return Ok(0);
+    }
+    let consumer: BaseConsumer =
+        kafka::create(&kafka::consumer_config(cfg, None), "rebuild consumer")?;
+    let low = consumer
+        .fetch_watermarks(
+            &cfg.kafka.transactions_topic,
+            partition,
+            Duration::from_secs(30),
+        )
+        .map(|(low, _)| low.max(0))
+        .unwrap_or(0);
+    if low > from {
+        tracing::warn!(
+            partition,
+            snapshot_offset = from,
+            low,
+            "records {from}..{low} after the snapshot were deleted by the topic's retention: \
+             the state misses them"
+        );
+    }
+    let from = from.max(low);
+    if from >= to {
+        return Ok(0);
+    }
+    replay_range(cfg, &consumer, core, partition, from, to, low, shutdown)
+}
+
+/// Replays offsets `start .. end` of `partition` (`low` is the partition's low watermark) into
+/// `core` as state only; records that do not decode are skipped, as they were dead letters.
+#[allow(clippy::too_many_arguments)]
+fn replay_range(
+    cfg: &StreamConfig,
+    consumer: &BaseConsumer,
+    core: &ScoringCore,
+    partition: i32,
+    start: i64,
+    end: i64,
+    low: i64,
+    shutdown: &Shutdown,
+) -> Result<u64, StreamError> {
+    let topic = &cfg.kafka.transactions_topic;
+    let format = cfg.input_format();
+    let mut reader = Reader::open(consumer, shutdown, topic, partition, start, low)?;
+    let total = (end - start) as u64;
     let mut replayed = 0u64;
     let mut reported = Instant::now();
     loop {
@@ -117,9 +176,10 @@ pub fn rebuild_partition(
         }
         if reported.elapsed() >= Duration::from_secs(5) {
             reported = Instant::now();
-            tracing::info!(partition, replayed, total, "rebuilding state");
+            tracing::info!(partition, replayed, total, "replaying state");
         }
     }
+    core.set_offset(partition as u32, end);
     telemetry::rebuilt(replayed);
     Ok(replayed)
 }

@@ -184,9 +184,9 @@ impl Emitter {
         let slot = job.slot;
         match decode_transaction_as(self.format, batch.key(job), batch.payload(job)) {
             Ok(tx) => {
-                let scored = self
-                    .core
-                    .score_in(ScoringPath::Kafka, slot.partition as u32, &tx);
+                let scored =
+                    self.core
+                        .score_at(ScoringPath::Kafka, slot.partition as u32, slot.offset, &tx);
                 let v = &scored.verdict;
                 let to_alerts = scored.is_alert();
                 let to_verdicts = self.verdicts.is_some();

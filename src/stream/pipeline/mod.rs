@@ -118,6 +118,8 @@ pub fn run_mode(
 struct Clients<G: Guarantee> {
     /// Also holds the configuration, the core, the tracker and the producer.
     shared: Arc<Shared<G>>,
+    /// Writes the periodic snapshots.
+    keeper: Keeper,
     consumer: BaseConsumer<ReaderContext<G>>,
     metrics: StreamMetrics,
     /// Records turned into a verdict or a dead letter, counted by whoever scores them.
@@ -169,7 +171,7 @@ impl<G: Guarantee> Clients<G> {
             status,
             shutdown.clone(),
             guarantee,
-        ));
+        )?);
         let consumer: BaseConsumer<ReaderContext<G>> = kafka::consumer_config(cfg, Some(&k.group))
             .create_with_context(ReaderContext {
                 shared: Arc::clone(&shared),
@@ -178,7 +180,9 @@ impl<G: Guarantee> Clients<G> {
         consumer.subscribe(&[&k.transactions_topic]).map_err(|e| {
             StreamError::Client(format!("subscribing to {}: {e}", k.transactions_topic))
         })?;
+        let keeper = Keeper::start(&shared)?;
         Ok(Clients {
+            keeper,
             shared,
             consumer,
             metrics,
@@ -205,6 +209,7 @@ impl<G: Guarantee> Clients<G> {
     /// After the loop has finished and committed what it could: leaves the group and reports
     /// the run (`records` read) or the error that stopped it.
     fn close(self, records: u64, fatal: Option<StreamError>) -> Result<Summary, StreamError> {
+        self.keeper.stop();
         self.consumer.unsubscribe();
         drop(self.consumer);
         let summary = Summary {
@@ -215,6 +220,54 @@ impl<G: Guarantee> Clients<G> {
         match fatal {
             Some(e) => Err(e),
             None => Ok(summary),
+        }
+    }
+}
+
+/// The thread that snapshots every assigned partition each `[state] interval` (those whose
+/// state moved). Encoding pauses only that partition's scoring; writing pauses nothing.
+struct Keeper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Keeper {
+    fn start<G: Guarantee>(shared: &Arc<Shared<G>>) -> Result<Keeper, StreamError> {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        if shared.snapshots.is_none() {
+            return Ok(Keeper { stop, thread: None });
+        }
+        let (shared, flag) = (Arc::clone(shared), Arc::clone(&stop));
+        let every = shared.cfg.state.interval();
+        let thread = std::thread::Builder::new()
+            .name("vigil-snapshots".into())
+            .spawn(move || {
+                let mut last = std::time::Instant::now();
+                while !flag.load(Ordering::Acquire) && !shared.shutdown.is_triggered() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    if last.elapsed() < every {
+                        continue;
+                    }
+                    last = std::time::Instant::now();
+                    for p in shared.assigned() {
+                        if flag.load(Ordering::Acquire) {
+                            break;
+                        }
+                        shared.snapshot(p);
+                    }
+                }
+            })
+            .map_err(|e| StreamError::Client(format!("starting the snapshot thread: {e}")))?;
+        Ok(Keeper {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn stop(mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

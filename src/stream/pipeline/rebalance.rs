@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
@@ -19,6 +19,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::scoring::ScoringCore;
 use crate::shutdown::Shutdown;
+use crate::state::Snapshots;
 use crate::stream::config::StreamConfig;
 use crate::stream::offsets::OffsetTracker;
 use crate::stream::rebuild;
@@ -63,6 +64,8 @@ pub(super) struct Shared<G> {
     pub(super) shutdown: Shutdown,
     /// The mode's own state: batches on their way to the workers, or the open transaction.
     pub(super) guarantee: G,
+    /// Where partition state is snapshotted and restored from (`None`: snapshots off).
+    pub(super) snapshots: Option<Snapshots>,
 }
 
 impl<G: Guarantee> Shared<G> {
@@ -74,8 +77,20 @@ impl<G: Guarantee> Shared<G> {
         status: Arc<Status>,
         shutdown: Shutdown,
         guarantee: G,
-    ) -> Shared<G> {
-        Shared {
+    ) -> Result<Shared<G>, StreamError> {
+        let snapshots = cfg
+            .state
+            .open()
+            .map_err(|e| StreamError::Client(format!("state store: {e}")))?
+            .map(|store| {
+                let k = &cfg.kafka;
+                Snapshots::new(store, &k.group, &k.transactions_topic, cfg.state.keep)
+            });
+        if let Some(s) = &snapshots {
+            tracing::info!(store = %s.describe(), every = %cfg.state.interval, "state snapshots on");
+        }
+        Ok(Shared {
+            snapshots,
             shutdown,
             cfg,
             core,
@@ -86,7 +101,7 @@ impl<G: Guarantee> Shared<G> {
             assigned: Mutex::new(Vec::new()),
             status,
             guarantee,
-        }
+        })
     }
 
     fn lock_newly(&self) -> MutexGuard<'_, Vec<i32>> {
@@ -111,11 +126,52 @@ impl<G: Guarantee> Shared<G> {
         parts: &[i32],
     ) -> Result<(), StreamError> {
         let points = G::commit_finished(self, consumer, parts)?;
-        let mut exact = self.exact_upto.lock().unwrap_or_else(|e| e.into_inner());
-        for (p, next) in points {
-            exact.insert(p, next);
+        {
+            let mut exact = self.exact_upto.lock().unwrap_or_else(|e| e.into_inner());
+            for &(p, next) in &points {
+                exact.insert(p, next);
+            }
+        }
+        // Whoever gets these partitions next (this process after a restart, or another member)
+        // starts from their state at the committed offsets.
+        for &p in parts {
+            self.snapshot(p);
         }
         Ok(())
+    }
+
+    /// Writes a snapshot of `partition` if its state moved since the last one. Failures are
+    /// logged and counted, never fatal: a restore falls back to an older snapshot or a replay.
+    pub(super) fn snapshot(&self, partition: i32) {
+        let Some(snapshots) = &self.snapshots else {
+            return;
+        };
+        let p = partition as u32;
+        let started = Instant::now();
+        let Some((offset, bytes)) = self.core.snapshot(p, true) else {
+            return;
+        };
+        let encode = started.elapsed();
+        let size = bytes.len();
+        let written = Instant::now();
+        match snapshots.save(p, offset, bytes) {
+            Ok(()) => {
+                let write = written.elapsed();
+                telemetry::snapshot_written(p, encode, Some(write), size);
+                tracing::info!(
+                    partition,
+                    offset,
+                    bytes = size,
+                    encode_ms = encode.as_millis() as u64,
+                    write_ms = write.as_millis() as u64,
+                    "state snapshot written"
+                );
+            }
+            Err(e) => {
+                telemetry::snapshot_written(p, encode, None, size);
+                tracing::warn!(partition, offset, "state snapshot not written: {e}");
+            }
+        }
     }
 }
 
@@ -188,6 +244,56 @@ impl<G: Guarantee> ConsumerContext for ReaderContext<G> {
     }
 }
 
+/// Restores `partition` from its newest usable snapshot at or before `committed`: returns the
+/// snapshot's offset (the tail to replay starts there), or `None` when there is none (the
+/// caller replays the whole window). A snapshot that is refused (another spec or partition
+/// count, damaged) is logged with the reason and the next older one is tried.
+fn restore<G: Guarantee>(shared: &Shared<G>, partition: i32, committed: i64) -> Option<i64> {
+    let snapshots = shared.snapshots.as_ref()?;
+    let p = partition as u32;
+    let candidates = match snapshots.candidates(p, committed) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(partition, "listing snapshots: {e}; replaying instead");
+            return None;
+        }
+    };
+    if candidates.is_empty() {
+        tracing::info!(partition, committed, store = %snapshots.describe(), "no snapshot at or before the committed offset");
+    }
+    for stored in candidates {
+        let bytes = match snapshots.load(&stored) {
+            Ok(Some(b)) => b,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(partition, snapshot = %stored.name, "reading a snapshot: {e}");
+                continue;
+            }
+        };
+        let started = Instant::now();
+        match shared.core.restore_partition(p, &bytes) {
+            Ok(info) => {
+                tracing::info!(
+                    partition,
+                    snapshot = %stored.name,
+                    offset = info.offset,
+                    entities = info.entities,
+                    events = info.events,
+                    bytes = bytes.len(),
+                    decode_seconds = started.elapsed().as_secs_f64(),
+                    "state loaded from a snapshot"
+                );
+                return Some(info.offset);
+            }
+            Err(e) => {
+                telemetry::restored("refused_snapshot", started.elapsed());
+                tracing::warn!(partition, snapshot = %stored.name, "snapshot refused: {e}");
+            }
+        }
+    }
+    None
+}
+
 /// What the reader does after [`prepare_assigned`].
 pub(super) enum Prepared {
     /// Go on: every assigned partition is ready to score.
@@ -253,17 +359,50 @@ fn on_assigned<G: Guarantee>(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&p);
+        let started = Instant::now();
         match at {
-            _ if !cfg.pipeline.rebuild => shared.core.reset_partition(p as u32),
-            Some(c) if exact == Some(c) => {
-                tracing::info!(partition = p, offset = c, "state still exact, no rebuild")
-            }
-            Some(c) => {
+            _ if !cfg.pipeline.rebuild => {
                 shared.core.reset_partition(p as u32);
-                let n = rebuild::rebuild_partition(cfg, &shared.core, p, c, &shared.shutdown)?;
-                tracing::info!(partition = p, offset = c, records = n, "state rebuilt");
+                telemetry::restored("fresh", started.elapsed());
             }
-            None => shared.core.reset_partition(p as u32),
+            Some(c) if exact == Some(c) => {
+                tracing::info!(partition = p, offset = c, "state still exact, no rebuild");
+                telemetry::restored("exact", started.elapsed());
+            }
+            Some(c) => match restore(shared, p, c) {
+                Some(from) => {
+                    let n = rebuild::replay_tail(cfg, &shared.core, p, from, c, &shared.shutdown)?;
+                    shared.core.set_offset(p as u32, c);
+                    let took = started.elapsed();
+                    telemetry::restored("snapshot", took);
+                    tracing::info!(
+                        partition = p,
+                        snapshot_offset = from,
+                        offset = c,
+                        tail_records = n,
+                        seconds = took.as_secs_f64(),
+                        "state restored from a snapshot and its tail replayed"
+                    );
+                }
+                None => {
+                    shared.core.reset_partition(p as u32);
+                    let n = rebuild::rebuild_partition(cfg, &shared.core, p, c, &shared.shutdown)?;
+                    shared.core.set_offset(p as u32, c);
+                    let took = started.elapsed();
+                    telemetry::restored("replay", took);
+                    tracing::info!(
+                        partition = p,
+                        offset = c,
+                        records = n,
+                        seconds = took.as_secs_f64(),
+                        "state rebuilt by a full replay (no usable snapshot)"
+                    );
+                }
+            },
+            None => {
+                shared.core.reset_partition(p as u32);
+                telemetry::restored("fresh", started.elapsed());
+            }
         }
     }
     let mut assigned = shared.assigned.lock().unwrap_or_else(|e| e.into_inner());
