@@ -34,6 +34,7 @@ pub const SNAPSHOT_BYTES: &str = "vigil_snapshot_bytes";
 pub const SNAPSHOTS: &str = "vigil_snapshots_total";
 pub const RESTORE_SECONDS: &str = "vigil_restore_seconds";
 pub const RESTORES: &str = "vigil_restores_total";
+pub const FUTURE_TIMESTAMPS: &str = "vigil_future_timestamps_total";
 
 /// Latency buckets, seconds: 50 us to 30 s.
 const LATENCY_BUCKETS: [f64; 18] = [
@@ -117,6 +118,10 @@ fn describe() {
         "Size of the latest state snapshot written, by partition"
     );
     describe_counter!(SNAPSHOTS, "State snapshots written, by result");
+    describe_counter!(
+        FUTURE_TIMESTAMPS,
+        "Transactions refused for an event time beyond max_future_skew, by path"
+    );
     describe_histogram!(
         RESTORE_SECONDS,
         "Time to bring an assigned partition's state up to its committed offset, by how \
@@ -293,6 +298,11 @@ pub fn snapshot_written(
         }
         None => counter!(SNAPSHOTS, "result" => "error").increment(1),
     }
+}
+
+/// A transaction refused for a future event time.
+pub fn future_timestamp(path: ScoringPath) {
+    counter!(FUTURE_TIMESTAMPS, "path" => path.as_str()).increment(1);
 }
 
 /// How an assigned partition's state was prepared, and how long it took.

@@ -22,6 +22,15 @@ impl From<FieldError> for Status {
     }
 }
 
+/// The future-timestamp rule (`[scoring] max_future_skew`) against this server's clock: a
+/// transaction dated further ahead is INVALID_ARGUMENT on `transaction.timestamp` (in a batch,
+/// that item's error), so one call cannot move its partition's event time ahead.
+pub fn timely(core: &crate::scoring::ScoringCore, tx: &Transaction) -> Result<(), FieldError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    core.check_time(crate::telemetry::ScoringPath::Grpc, tx, now)
+        .map_err(|e| FieldError::new(e.field, e.reason).under("transaction"))
+}
+
 /// A Score request: the validated transaction and how to score it.
 pub fn score_request(req: pb::ScoreRequest) -> Result<(Transaction, ScoreOptions), FieldError> {
     let opts = ScoreOptions {

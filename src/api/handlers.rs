@@ -126,6 +126,7 @@ impl pb::scoring_server::Scoring for ScoringApi {
         let deadline = Deadline::of(&req);
         let core = self.core()?;
         let (tx, opts) = convert::score_request(req.into_inner())?;
+        convert::timely(&core, &tx)?;
         let _permit = self.permit(deadline).await?;
         deadline.check()?;
         let scored = core.score_with(ScoringPath::Grpc, &tx, opts);
@@ -167,6 +168,7 @@ impl pb::scoring_server::Scoring for ScoringApi {
                     });
                 }
             }
+            let item = item.and_then(|tx| convert::timely(&core, &tx).map(|()| tx));
             results.push(convert::batch_item(item.map(|tx| {
                 let scored = core.score_with(ScoringPath::Grpc, &tx, opts);
                 convert::score_response(

@@ -57,6 +57,10 @@ pub(crate) struct HistoryArgs {
     /// Count and report invalid rows instead of stopping at the first.
     #[arg(long)]
     pub(crate) skip_invalid: bool,
+    /// Rows dated more than this after now are invalid, as the scorer refuses such
+    /// transactions ([scoring] max_future_skew); "0s" turns the rule off.
+    #[arg(long, default_value = "5m")]
+    pub(crate) max_future_skew: String,
 }
 
 #[derive(Args, Debug)]
@@ -207,10 +211,17 @@ pub(crate) fn read_history(h: &HistoryArgs, bars: &Bars) -> Result<History> {
         })?
         .len();
     bars.stage("reading", size);
+    let skew = vigil::features::parse_duration(&h.max_future_skew).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--max-future-skew: `{}` is not a duration (examples: 30s, 5m, 1h; 0s: off)",
+            h.max_future_skew
+        )
+    })?;
     let read = record::read_history_with_progress(
         &h.data,
         ReadOptions {
             skip_invalid: h.skip_invalid,
+            future_rule: Some((chrono::Utc::now().timestamp_millis(), skew)),
         },
         |b| bars.progress(b),
     );

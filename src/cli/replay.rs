@@ -63,6 +63,8 @@ pub fn cmd_replay(a: ReplayArgs) -> Result<()> {
         &HistoryArgs {
             data: a.data.clone(),
             skip_invalid: a.skip_invalid,
+            // Replaying forwards history as it is; the scorer judges each record's time.
+            max_future_skew: "0s".into(),
         },
         &bars,
     )?;

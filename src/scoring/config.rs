@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::KeyError;
+use crate::config::{check_duration, duration, KeyError};
 
 use super::DEFAULT_ALERT_BUFFER;
 
@@ -17,6 +17,10 @@ pub struct ScoringConfig {
     /// Alerts buffered per alert subscriber (gRPC `StreamAlerts`) before a slow one starts
     /// losing the oldest (it is told how many).
     pub alert_buffer: usize,
+    /// Transactions dated more than this after they are received (the Kafka record's
+    /// timestamp, the wall clock for gRPC) are refused: dead letter `future_timestamp`,
+    /// INVALID_ARGUMENT. "0s" turns the rule off.
+    pub max_future_skew: String,
 }
 
 impl Default for ScoringConfig {
@@ -24,6 +28,7 @@ impl Default for ScoringConfig {
         ScoringConfig {
             partitions: 0,
             alert_buffer: DEFAULT_ALERT_BUFFER,
+            max_future_skew: "5m".into(),
         }
     }
 }
@@ -43,6 +48,12 @@ impl ScoringConfig {
                 format!("{} is out of range (1..=1048576)", self.alert_buffer),
             ));
         }
+        check_duration("max_future_skew", &self.max_future_skew, true)?;
         Ok(())
+    }
+
+    /// The future-timestamp bound, ms (0: off).
+    pub fn max_future_skew_ms(&self) -> i64 {
+        i64::try_from(duration(&self.max_future_skew).as_millis()).unwrap_or(i64::MAX)
     }
 }

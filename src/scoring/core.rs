@@ -44,7 +44,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 
@@ -97,6 +97,10 @@ pub struct ScoringCore {
     /// The latest labels (at most [`LABEL_MEMORY`]), queued again for a partition that is reset,
     /// so a rebuild replays its transactions with the labels it had.
     labels: Mutex<std::collections::VecDeque<LabelEvent>>,
+    /// Most ms a transaction may be dated after it was received ([`ScoringCore::check_time`]).
+    max_future_skew_ms: i64,
+    /// The buffer snapshots are encoded into, reused (see [`ScoringCore::snapshot`]).
+    snapshot_buf: Mutex<Vec<u8>>,
     /// Verdict metrics per [`ScoringPath`], indexed by `path as usize`.
     metrics: [ScoringMetrics; 2],
 }
@@ -116,8 +120,39 @@ impl ScoringCore {
             shards,
             alerts,
             labels: Mutex::new(std::collections::VecDeque::new()),
+            snapshot_buf: Mutex::new(Vec::new()),
+            max_future_skew_ms: crate::record::DEFAULT_MAX_FUTURE_SKEW_MS,
             metrics: ScoringPath::ALL.map(ScoringMetrics::new),
         }
+    }
+
+    /// Sets the future-timestamp bound ([`check_time`](Self::check_time)); 0 turns it off.
+    pub fn with_max_future_skew(mut self, ms: i64) -> ScoringCore {
+        self.max_future_skew_ms = ms;
+        self
+    }
+
+    /// The event-time rule every front end applies before scoring
+    /// ([`crate::record::check_not_future`]): `tx` must not be dated more than
+    /// `max_future_skew` after `received_ms` (the Kafka record's timestamp, the clock for
+    /// gRPC). A refused transaction is counted (`vigil_future_timestamps_total{path}`) and
+    /// never reaches the state, so it cannot move the partition's event time ahead.
+    pub fn check_time(
+        &self,
+        path: ScoringPath,
+        tx: &Transaction,
+        received_ms: i64,
+    ) -> Result<(), crate::record::RecordError> {
+        let r = crate::record::check_not_future(tx, received_ms, self.max_future_skew_ms);
+        if r.is_err() {
+            crate::telemetry::future_timestamp(path);
+        }
+        r
+    }
+
+    /// [`check_time`](Self::check_time) without counting (a replay of records already judged).
+    pub fn is_timely(&self, tx: &Transaction, received_ms: i64) -> bool {
+        crate::record::check_not_future(tx, received_ms, self.max_future_skew_ms).is_ok()
     }
 
     fn record(&self, path: ScoringPath, scored: &Scored, started: Instant) {
@@ -284,29 +319,51 @@ impl ScoringCore {
         self.shard(partition).offset
     }
 
-    /// A snapshot of `partition`'s state (see [`crate::features::snapshot`]), encoded under its
-    /// lock (its scoring waits meanwhile), with the offset it reflects. `None` when the offset
-    /// is unknown, or when `only_if_moved` and nothing was scored since the last snapshot.
-    pub fn snapshot(&self, partition: u32, only_if_moved: bool) -> Option<(i64, Vec<u8>)> {
-        let mut shard = self.shard(partition);
-        let offset = shard.offset?;
-        if only_if_moved && shard.snapshotted == Some(offset) {
-            return None;
+    /// Takes a snapshot of `partition`'s state (see [`crate::features::snapshot`]) and hands
+    /// it to `write` with the offset it reflects. The state is encoded under the partition's
+    /// lock (its scoring waits meanwhile, for the returned duration) into a buffer the core
+    /// reuses, and `write` runs after the lock is released. `None` when the offset is unknown,
+    /// or when `only_if_moved` and nothing was scored since the last snapshot.
+    pub fn snapshot<R>(
+        &self,
+        partition: u32,
+        only_if_moved: bool,
+        write: impl FnOnce(i64, &[u8]) -> R,
+    ) -> Option<(Duration, R)> {
+        let mut buf = self.snapshot_buf.lock().unwrap_or_else(|e| e.into_inner());
+        // The buffer is grown to the state's size (an upper bound of the snapshot's) and its
+        // pages touched before the partition is locked: on a VM the first touch of fresh memory
+        // costs ~20x the copy (BENCHMARKS.md, "State snapshots"), and scoring must not wait
+        // for it.
+        let want = self.shard(partition).scorer.engine().stats().state_bytes;
+        if buf.capacity() < want {
+            buf.clear();
+            buf.resize(want + want / 8, 0);
+            buf.clear();
         }
-        let info = snapshot::SnapshotInfo {
-            spec_fingerprint: String::new(),
-            partition,
-            partitions: self.partitions(),
-            offset,
-            watermark_ms: None,
-            entities: 0,
-            events: 0,
-            pending_labels: 0,
-            created_ms: chrono::Utc::now().timestamp_millis(),
+        let (offset, encode) = {
+            let mut shard = self.shard(partition);
+            let offset = shard.offset?;
+            if only_if_moved && shard.snapshotted == Some(offset) {
+                return None;
+            }
+            let started = Instant::now();
+            let info = snapshot::SnapshotInfo {
+                spec_fingerprint: String::new(),
+                partition,
+                partitions: self.partitions(),
+                offset,
+                watermark_ms: None,
+                entities: 0,
+                events: 0,
+                pending_labels: 0,
+                created_ms: chrono::Utc::now().timestamp_millis(),
+            };
+            snapshot::encode_into(shard.scorer.state(), info, &mut buf);
+            shard.snapshotted = Some(offset);
+            (offset, started.elapsed())
         };
-        let bytes = snapshot::encode(shard.scorer.state(), info);
-        shard.snapshotted = Some(offset);
-        Some((offset, bytes))
+        Some((encode, write(offset, &buf)))
     }
 
     /// Replaces `partition`'s state by the one in snapshot `bytes`, decoded (outside the lock)
@@ -503,9 +560,14 @@ mod tests {
             let t = tx(&format!("t{i}"), "card-a", t0 + i * 60_000, 10.0 + i as f64);
             core.score_at(GRPC, p, i, &t);
         }
-        let (offset, bytes) = core.snapshot(p, true).expect("state has an offset");
+        let (_, (offset, bytes)) = core
+            .snapshot(p, true, |o, b| (o, b.to_vec()))
+            .expect("state has an offset");
         assert_eq!(offset, 50);
-        assert!(core.snapshot(p, true).is_none(), "nothing moved since");
+        assert!(
+            core.snapshot(p, true, |_, _| ()).is_none(),
+            "nothing moved since"
+        );
         let copy = ScoringCore::new(model(), 2, 16);
         let info = copy.restore_partition(p, &bytes).expect("restores");
         assert_eq!((info.offset, copy.offset(p)), (50, Some(50)));

@@ -268,6 +268,11 @@ max_alert_subscribers = 64
 partitions = 0
 # Alerts buffered per StreamAlerts subscriber before a slow one starts skipping.
 alert_buffer = 4096
+# A transaction dated more than this after it was received (its Kafka record's timestamp; the
+# clock for gRPC) is refused (dead letter `future_timestamp`, INVALID_ARGUMENT), so one record
+# cannot move its partition's event time ahead and freeze every card's windows; 0s = off.
+# `vigil train --max-future-skew` applies the same rule to history.
+max_future_skew = "5m"
 
 [state]
 # Snapshots of each partition's window state, so a restart or a rebalance restores the newest

@@ -324,11 +324,10 @@ fn core_for(cfg: &Config, model: Arc<Model>) -> Result<Arc<ScoringCore>> {
         }
     };
     warn_on_partition_mismatch(&model, partitions);
-    let core = Arc::new(ScoringCore::new(
-        Arc::clone(&model),
-        partitions,
-        cfg.scoring.alert_buffer,
-    ));
+    let core = Arc::new(
+        ScoringCore::new(Arc::clone(&model), partitions, cfg.scoring.alert_buffer)
+            .with_max_future_skew(cfg.scoring.max_future_skew_ms()),
+    );
     telemetry::model_serving(&model.header.model_id, &model.header.version, None);
     tracing::info!(
         "serving model {} with {partitions} partition(s) of state",

@@ -142,7 +142,7 @@ impl Snapshots {
     }
 
     /// Writes the snapshot of `partition` at `offset`, then deletes all but the newest `keep`.
-    pub fn save(&self, partition: u32, offset: i64, bytes: Vec<u8>) -> Result<(), StoreError> {
+    pub fn save(&self, partition: u32, offset: i64, bytes: &[u8]) -> Result<(), StoreError> {
         let name = format!("{}/{offset:020}.snap", self.dir(partition));
         self.store.put(&name, bytes)?;
         let all = self.list(partition)?;
@@ -208,7 +208,7 @@ mod tests {
         let store = ObjectStateStore::local(dir.path()).expect("store");
         let snaps = Snapshots::new(Box::new(store), "my group", "tx", 2);
         for offset in [10, 250, 40] {
-            snaps.save(3, offset, vec![offset as u8; 5]).expect("saved");
+            snaps.save(3, offset, &[offset as u8; 5]).expect("saved");
         }
         let offsets: Vec<i64> = snaps
             .list(3)

@@ -28,7 +28,7 @@ pub struct StoreError {
 pub trait StateStore: Send + Sync {
     /// Stores `bytes` under `name`, replacing what was there; readers see the old or the new
     /// blob whole, never a part.
-    fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError>;
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError>;
     /// The blob stored under `name`, `None` if there is none.
     fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// The names under `prefix` (a directory-like path), sorted.
@@ -150,8 +150,9 @@ impl ObjectStateStore {
 }
 
 impl StateStore for ObjectStateStore {
-    fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let (store, path) = (Arc::clone(&self.store), self.path(name));
+        let bytes = bytes::Bytes::copy_from_slice(bytes);
         self.run(&format!("writing {name}"), async move {
             store.put(&path, PutPayload::from(bytes)).await.map(|_| ())
         })

@@ -26,6 +26,8 @@ pub enum DeadLetterReason {
     Validation,
     /// The record key is not the card id (state is kept per partition of the card).
     KeyMismatch,
+    /// The event time is more than `max_future_skew` after the record's timestamp.
+    FutureTimestamp,
 }
 
 impl DeadLetterReason {
@@ -34,6 +36,7 @@ impl DeadLetterReason {
             DeadLetterReason::Decode => "decode",
             DeadLetterReason::Validation => "validation",
             DeadLetterReason::KeyMismatch => "key_mismatch",
+            DeadLetterReason::FutureTimestamp => "future_timestamp",
         }
     }
 }

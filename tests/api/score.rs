@@ -150,6 +150,15 @@ async fn invalid_requests_name_the_field_and_change_nothing() {
             "timestamp",
             Box::new(|t| t.time = Some(pb::transaction::Time::Timestamp("last tuesday".into()))),
         ),
+        // A day ahead of the server's clock: beyond max_future_skew (5 minutes).
+        (
+            "timestamp",
+            Box::new(|t| {
+                t.time = Some(pb::transaction::Time::TimestampMs(
+                    chrono::Utc::now().timestamp_millis() + 86_400_000,
+                ))
+            }),
+        ),
         ("lat", Box::new(|t| t.lat = Some(91.0))),
         ("lon", Box::new(|t| t.lon = Some(f64::NAN))),
         ("channel", Box::new(|t| t.channel = 42)),

@@ -299,6 +299,8 @@ pub struct Record {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: HashMap<String, String>,
+    /// The record's timestamp (ms), -1 when it has none.
+    pub timestamp_ms: i64,
 }
 
 impl Record {
@@ -369,6 +371,7 @@ impl Reader {
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec),
                 headers,
+                timestamp_ms: m.timestamp().to_millis().unwrap_or(-1),
             });
         }
     }
@@ -446,6 +449,11 @@ pub fn reference_as(
             x.key.as_deref(),
             x.payload.as_deref(),
         ) {
+            // As the scorer does: a transaction dated beyond max_future_skew after its record is
+            // refused, and never reaches the state.
+            if !core.is_timely(&tx, x.timestamp_ms) {
+                continue;
+            }
             let v = core
                 .score_in(vigil::scoring::ScoringPath::Kafka, x.partition as u32, &tx)
                 .verdict;

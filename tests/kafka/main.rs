@@ -399,6 +399,60 @@ fn a_damaged_snapshot_is_refused_and_the_state_replayed() {
     assert_eq!(per_tx.len(), all.len());
 }
 
+/// One record dated a day ahead of its record timestamp, among normal traffic, is a dead letter
+/// `future_timestamp` and changes no state: every other verdict equals a run without it (before
+/// the rule it moved its partition's watermark a day ahead, and every later transaction of the
+/// partition was scored but never added to its card's windows).
+#[test]
+#[ignore = "needs a tansu broker: scripts/test.sh runs it"]
+fn a_record_dated_a_day_ahead_is_a_dead_letter_and_freezes_nothing() {
+    let broker = Broker::start();
+    let b = broker.brokers();
+    let names = Names::new("future");
+    names.create(&b, PARTITIONS);
+    let txs = sample(3000);
+    let mut inputs: Vec<Input> = txs.iter().map(Input::tx).collect();
+    let mut poison = txs[1000].clone();
+    poison.transaction_id = "from-the-future".into();
+    poison.timestamp_ms = wire::now_ms() + 86_400_000;
+    inputs.insert(1001, Input::tx(&poison));
+    produce(&b, &names.transactions, &inputs, None);
+
+    let mut serve = ServeSpec::new(&b, &names).start();
+    let mut verdicts = Reader::new(&b, &names.verdicts, false);
+    let ids: HashSet<&str> = txs.iter().map(|t| t.transaction_id.as_str()).collect();
+    verdicts.read_until_verdicts_for(&ids, Duration::from_secs(120));
+    let mut dlq = Reader::new(&b, &names.dlq, false);
+    dlq.read_until(Duration::from_secs(30), "the dead letter", |r| {
+        !r.is_empty()
+    });
+    verdicts.read_for(Duration::from_secs(1));
+    assert!(serve.terminate().success(), "{}", serve.stderr_text());
+
+    assert_eq!(dlq.records.len(), 1);
+    let dead = &dlq.records[0];
+    assert_eq!(
+        dead.headers["vigil.reason"], "future_timestamp",
+        "{:?}",
+        dead.headers
+    );
+    assert!(
+        dead.headers["vigil.error"].contains("max_future_skew"),
+        "{:?}",
+        dead.headers
+    );
+    assert!(
+        !verdicts
+            .records
+            .iter()
+            .any(|r| r.verdict().transaction_id == "from-the-future"),
+        "the future record got a verdict"
+    );
+    let reference = reference(&b, &names.transactions, inputs.len());
+    let per_tx = check_against_reference(&verdicts.records, &reference);
+    assert_eq!(per_tx.len(), ids.len());
+}
+
 /// Every file under `dir`.
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut files = Vec::new();

@@ -13,7 +13,9 @@ use crate::scoring::ScoringCore;
 use crate::stream::config::StreamConfig;
 use crate::stream::kafka;
 use crate::stream::offsets::{OffsetTracker, Slot};
-use crate::stream::wire::{self, decode_transaction_as, encode_verdict_into, InputFormat};
+use crate::stream::wire::{
+    self, decode_transaction_as, encode_verdict_into, DeadLetterReason, InputFormat, Rejected,
+};
 use crate::stream::StreamError;
 use crate::telemetry::{ScoringPath, StreamMetrics};
 
@@ -182,7 +184,22 @@ impl Emitter {
     /// Decodes and scores one record: its output and how many messages that output is.
     fn decide(&self, batch: &Batch, job: &Job, now: i64, bytes: &mut Vec<u8>) -> (Output, u32) {
         let slot = job.slot;
-        match decode_transaction_as(self.format, batch.key(job), batch.payload(job)) {
+        let received = if job.broker_ms >= 0 {
+            job.broker_ms
+        } else {
+            now
+        };
+        let decoded = decode_transaction_as(self.format, batch.key(job), batch.payload(job))
+            .and_then(|tx| {
+                self.core
+                    .check_time(ScoringPath::Kafka, &tx, received)
+                    .map(|()| tx)
+                    .map_err(|e| Rejected {
+                        reason: DeadLetterReason::FutureTimestamp,
+                        message: e.to_string(),
+                    })
+            });
+        match decoded {
             Ok(tx) => {
                 let scored =
                     self.core

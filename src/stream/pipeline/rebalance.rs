@@ -147,16 +147,16 @@ impl<G: Guarantee> Shared<G> {
             return;
         };
         let p = partition as u32;
-        let started = Instant::now();
-        let Some((offset, bytes)) = self.core.snapshot(p, true) else {
+        let written = self.core.snapshot(p, true, |offset, bytes| {
+            let started = Instant::now();
+            let r = snapshots.save(p, offset, bytes);
+            (offset, bytes.len(), started.elapsed(), r)
+        });
+        let Some((encode, (offset, size, write, result))) = written else {
             return;
         };
-        let encode = started.elapsed();
-        let size = bytes.len();
-        let written = Instant::now();
-        match snapshots.save(p, offset, bytes) {
+        match result {
             Ok(()) => {
-                let write = written.elapsed();
                 telemetry::snapshot_written(p, encode, Some(write), size);
                 tracing::info!(
                     partition,

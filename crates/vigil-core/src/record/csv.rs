@@ -58,6 +58,11 @@ pub enum HistoryError {
 pub struct ReadOptions {
     /// Count and report bad rows instead of stopping at the first one.
     pub skip_invalid: bool,
+    /// `(received, max_skew)` in epoch ms: refuse rows more than `max_skew` after `received`,
+    /// the scorer's future-timestamp rule ([`super::check_not_future`]) applied to history
+    /// with the reading time as "received", so the trainer never learns from an event the
+    /// scorer would refuse.
+    pub future_rule: Option<(i64, i64)>,
 }
 
 /// A history file read into memory.
@@ -223,7 +228,13 @@ pub fn read_history_from<R: Read>(
             }
         }
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
-        match parse_row(&cols, &rec) {
+        let parsed = parse_row(&cols, &rec).and_then(|t| match opts.future_rule {
+            Some((received, skew)) => super::check_not_future(&t, received, skew)
+                .map(|()| t)
+                .map_err(|e| (1, e)),
+            None => Ok(t),
+        });
+        match parsed {
             Ok(t) => out.transactions.push(t),
             Err((col, e)) => {
                 let value = cols.idx[col]
@@ -304,13 +315,43 @@ mod tests {
         let h = read_history_from(
             Path::new("h.csv"),
             data.as_bytes(),
-            ReadOptions { skip_invalid: true },
+            ReadOptions {
+                skip_invalid: true,
+                ..ReadOptions::default()
+            },
             &mut |_| {},
         )
         .unwrap();
         assert_eq!(h.transactions.len(), 1);
         assert_eq!(h.skipped.len(), 1);
         assert_eq!(h.skipped[0].line, 3);
+    }
+
+    /// The trainer refuses history rows the scorer would refuse as future-dated.
+    #[test]
+    fn rows_beyond_the_future_rule_are_refused_naming_line_and_column() {
+        let data = "transaction_id,timestamp,card_id,merchant_id,amount\n\
+                    t1,2018-04-01T00:00:31Z,c1,m1,10.0\n\
+                    t2,2018-04-03T00:00:00Z,c1,m1,12.0\n";
+        let received = crate::record::parse_timestamp("t", "2018-04-02T00:00:00Z").unwrap();
+        let opts = ReadOptions {
+            skip_invalid: false,
+            future_rule: Some((received, 300_000)),
+        };
+        let err =
+            read_history_from(Path::new("h.csv"), data.as_bytes(), opts, &mut |_| {}).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("h.csv:3") && msg.contains("`timestamp`"),
+            "{msg}"
+        );
+        assert!(msg.contains("max_future_skew"), "{msg}");
+        let opts = ReadOptions {
+            skip_invalid: true,
+            ..opts
+        };
+        let h = read_history_from(Path::new("h.csv"), data.as_bytes(), opts, &mut |_| {}).unwrap();
+        assert_eq!((h.transactions.len(), h.skipped.len()), (1, 1));
     }
 
     #[test]

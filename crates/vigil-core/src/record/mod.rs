@@ -175,6 +175,42 @@ impl RecordError {
     }
 }
 
+/// How far ahead of the time it is received an event may be (`[scoring] max_future_skew`,
+/// `vigil train --max-future-skew`): 5 minutes.
+pub const DEFAULT_MAX_FUTURE_SKEW_MS: i64 = 5 * 60_000;
+
+/// The one event-time rule every path applies: a transaction whose time is more than
+/// `max_skew_ms` after `received_ms` is invalid (`field timestamp`). `received_ms` is when the
+/// transaction entered the system: the record's timestamp on Kafka (so a rebuild decides as the
+/// first pass did), the wall clock for a gRPC call, the time of training for a history row.
+///
+/// Without it one record dated a day ahead moves its partition's watermark a day ahead, and
+/// every later transaction of that partition is "too late" for its windows for a day (scored
+/// from state, never added to it). `max_skew_ms <= 0` turns the rule off.
+pub fn check_not_future(
+    tx: &Transaction,
+    received_ms: i64,
+    max_skew_ms: i64,
+) -> Result<(), RecordError> {
+    if max_skew_ms <= 0 || tx.timestamp_ms <= received_ms.saturating_add(max_skew_ms) {
+        return Ok(());
+    }
+    let ahead_s = (tx.timestamp_ms - received_ms) / 1000;
+    Err(RecordError::new(
+        "timestamp",
+        format!(
+            "{} is {}h{:02}m{:02}s after the time it was received ({}), more than the {} s \
+             allowed (max_future_skew): a future event time would freeze its partition's windows",
+            format_timestamp(tx.timestamp_ms),
+            ahead_s / 3600,
+            ahead_s % 3600 / 60,
+            ahead_s % 60,
+            format_timestamp(received_ms),
+            max_skew_ms / 1000
+        ),
+    ))
+}
+
 /// Parses a timestamp given as RFC 3339 text or integer epoch milliseconds (as text).
 pub fn parse_timestamp(field: &'static str, s: &str) -> Result<i64, RecordError> {
     let s = s.trim();
@@ -377,6 +413,34 @@ impl fmt::Display for Transaction {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn future_timestamps_beyond_the_skew_are_refused() {
+        let mut t = raw().validate().expect("valid");
+        let received = t.timestamp_ms;
+        assert!(check_not_future(&t, received, 300_000).is_ok());
+        t.timestamp_ms = received + 300_000;
+        assert!(
+            check_not_future(&t, received, 300_000).is_ok(),
+            "exactly the skew is fine"
+        );
+        t.timestamp_ms = received + 300_001;
+        let e = check_not_future(&t, received, 300_000).expect_err("beyond");
+        assert_eq!(e.field, "timestamp");
+        assert!(e.reason.contains("max_future_skew"), "{e}");
+        t.timestamp_ms = received + 86_400_000;
+        let e = check_not_future(&t, received, 300_000).expect_err("a day ahead");
+        assert!(e.reason.contains("24h00m00s"), "{e}");
+        assert!(
+            check_not_future(&t, received, 0).is_ok(),
+            "0 turns the rule off"
+        );
+        t.timestamp_ms = received - 86_400_000;
+        assert!(
+            check_not_future(&t, received, 300_000).is_ok(),
+            "the past is not refused"
+        );
+    }
+
     use super::*;
 
     fn raw() -> RawTransaction {
