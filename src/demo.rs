@@ -76,6 +76,8 @@ impl Demo {
         cfg.kafka.verdicts_topic = "verdicts".into();
         cfg.kafka.labels_topic = "labels".into();
         cfg.model.path = opts.model.clone();
+        // The mock cluster lives as long as the demo: there is never a state to restore.
+        cfg.state.snapshots = false;
         cfg.http.metrics_addr = opts.metrics_addr.trim().to_string();
         let grpc = opts.grpc_addr.trim();
         cfg.grpc.enabled = !grpc.is_empty();
