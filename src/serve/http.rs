@@ -1,6 +1,7 @@
 //! The HTTP endpoints of a serving process: `/metrics` (Prometheus), `/healthz` (the process
 //! runs), `/readyz` (it can score: the model is loaded and, with Kafka, partitions are assigned
-//! and their state rebuilt).
+//! and their state rebuilt; its body has a line per assigned partition saying what its state
+//! is doing: loading a snapshot, replaying with its progress, or scoring and how it got ready).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -71,10 +72,16 @@ pub async fn serve(
                     metrics.as_ref().map_or_else(String::new, |m| m.render()),
                 ),
                 "/healthz" => ("200 OK", "ok\n".to_string()),
-                "/readyz" => match health.ready() {
-                    Ok(()) => ("200 OK", "ready\n".to_string()),
-                    Err(why) => ("503 Service Unavailable", format!("{why}\n")),
-                },
+                "/readyz" => {
+                    let parts = health
+                        .kafka
+                        .as_ref()
+                        .map_or_else(String::new, |s| s.partition_lines());
+                    match health.ready() {
+                        Ok(()) => ("200 OK", format!("ready\n{parts}")),
+                        Err(why) => ("503 Service Unavailable", format!("{why}\n{parts}")),
+                    }
+                }
                 _ => (
                     "404 Not Found",
                     "try /metrics, /healthz or /readyz\n".to_string(),

@@ -49,6 +49,37 @@ pub enum StreamError {
 pub struct Status {
     /// At least one partition is assigned and its state rebuilt.
     pub assigned: AtomicBool,
+    /// What each assigned partition's state is doing (being restored or replayed, with its
+    /// progress, or scoring), by partition.
+    partitions: std::sync::Mutex<std::collections::BTreeMap<i32, String>>,
+}
+
+impl Status {
+    /// Records what `partition`'s state is doing (one line of `/readyz`).
+    pub fn set_partition(&self, partition: i32, what: impl Into<String>) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(partition, what.into());
+    }
+
+    /// Forgets a revoked partition.
+    pub fn remove_partition(&self, partition: i32) {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&partition);
+    }
+
+    /// One line per assigned partition: `partition N: <what it is doing>`.
+    pub fn partition_lines(&self) -> String {
+        self.partitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(p, what)| format!("partition {p}: {what}\n"))
+            .collect()
+    }
 }
 
 /// Counts of one pipeline run.

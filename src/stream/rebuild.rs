@@ -33,7 +33,7 @@ use crate::telemetry;
 
 use super::kafka;
 use super::wire::decode_transaction_as;
-use super::StreamError;
+use super::{Status, StreamError};
 
 /// How long the rebuild waits for the next record before giving up.
 const STALL: Duration = Duration::from_secs(60);
@@ -46,6 +46,7 @@ pub fn rebuild_partition(
     partition: i32,
     committed: i64,
     shutdown: &Shutdown,
+    status: &Status,
 ) -> Result<u64, StreamError> {
     let topic = &cfg.kafka.transactions_topic;
     let consumer: BaseConsumer =
@@ -96,7 +97,16 @@ pub fn rebuild_partition(
     };
     // 3. Replay.
     tracing::info!(partition, from = start, to = end, "rebuilding state");
-    replay_range(cfg, &consumer, core, partition, start, end, low, shutdown)
+    replay_range(
+        cfg,
+        &consumer,
+        core,
+        partition,
+        start..end,
+        low,
+        shutdown,
+        status,
+    )
 }
 
 /// Replays `partition`'s records `from .. to` into `core` after its state was restored from a
@@ -109,6 +119,7 @@ pub fn replay_tail(
     from: i64,
     to: i64,
     shutdown: &Shutdown,
+    status: &Status,
 ) -> Result<u64, StreamError> {
     if from >= to {
         return Ok(0);
@@ -136,10 +147,19 @@ pub fn replay_tail(
     if from >= to {
         return Ok(0);
     }
-    replay_range(cfg, &consumer, core, partition, from, to, low, shutdown)
+    replay_range(
+        cfg,
+        &consumer,
+        core,
+        partition,
+        from..to,
+        low,
+        shutdown,
+        status,
+    )
 }
 
-/// Replays offsets `start .. end` of `partition` (`low` is the partition's low watermark) into
+/// Replays offsets `range` of `partition` (`low` is the partition's low watermark) into
 /// `core` as state only; records that do not decode are skipped, as they were dead letters.
 #[allow(clippy::too_many_arguments)]
 fn replay_range(
@@ -147,11 +167,12 @@ fn replay_range(
     consumer: &BaseConsumer,
     core: &ScoringCore,
     partition: i32,
-    start: i64,
-    end: i64,
+    range: std::ops::Range<i64>,
     low: i64,
     shutdown: &Shutdown,
+    status: &Status,
 ) -> Result<u64, StreamError> {
+    let (start, end) = (range.start, range.end);
     let topic = &cfg.kafka.transactions_topic;
     let format = cfg.input_format();
     let mut reader = Reader::open(consumer, shutdown, topic, partition, start, low)?;
@@ -181,6 +202,12 @@ fn replay_range(
         replayed += 1;
         if m.offset() >= end - 1 {
             break;
+        }
+        if replayed.is_multiple_of(4096) {
+            status.set_partition(
+                partition,
+                format!("replaying offsets {start}..{end}: {replayed} of {total} records"),
+            );
         }
         if reported.elapsed() >= Duration::from_secs(5) {
             reported = Instant::now();

@@ -537,10 +537,25 @@ fn a_caught_up_scorer_restarts_without_new_traffic() {
             );
             let log = again.stderr_text();
             assert!(log.contains("tail_records=0"), "{log}");
+            // /readyz says, per partition, how its state got ready.
+            let body = http_get(&metrics, "/readyz");
+            for p in 0..PARTITIONS {
+                assert!(
+                    body.contains(&format!(
+                        "partition {p}: scoring (restored from the snapshot"
+                    )),
+                    "{body}"
+                );
+            }
             assert!(!log.contains("full replay"), "{log}");
             assert!(again.terminate().success(), "{}", again.stderr_text());
         } else {
             assert!(log.contains("full replay"), "{log}");
+            let body = http_get(&metrics, "/readyz");
+            assert!(
+                body.contains("partition 0: scoring (state rebuilt by a full replay"),
+                "{body}"
+            );
             second = Some(serve);
         }
     }
@@ -658,10 +673,7 @@ fn two_scorers_in_one_group_split_the_partitions_and_score_everything() {
     // B took over partitions A had scored: it restored them from the snapshots A wrote when
     // they were revoked (the shared state store), replaying only what A scored after them.
     let log_b = second.stderr_text();
-    assert!(
-        log_b.contains("state restored from a snapshot"),
-        "{log_b}"
-    );
+    assert!(log_b.contains("state restored from a snapshot"), "{log_b}");
 }
 
 #[test]

@@ -215,6 +215,7 @@ impl<G: Guarantee> ConsumerContext for ReaderContext<G> {
                 }
                 for p in &parts {
                     s.tracker.revoke(*p);
+                    s.status.remove_partition(*p);
                 }
                 let mut assigned = s.assigned.lock().unwrap_or_else(|e| e.into_inner());
                 assigned.retain(|p| !parts.contains(p));
@@ -271,6 +272,9 @@ fn restore<G: Guarantee>(shared: &Shared<G>, partition: i32, committed: i64) -> 
             }
         };
         let started = Instant::now();
+        shared
+            .status
+            .set_partition(partition, format!("loading the snapshot {}", stored.name));
         match shared.core.restore_partition(p, &bytes) {
             Ok(info) => {
                 tracing::info!(
@@ -360,18 +364,30 @@ fn on_assigned<G: Guarantee>(
             .unwrap_or_else(|e| e.into_inner())
             .remove(&p);
         let started = Instant::now();
-        match at {
+        let status = &shared.status;
+        status.set_partition(p, "preparing its state");
+        let ready = match at {
             _ if !cfg.pipeline.rebuild => {
                 shared.core.reset_partition(p as u32);
                 telemetry::restored("fresh", started.elapsed());
+                "scoring (fresh state: pipeline.rebuild is off)".to_string()
             }
             Some(c) if exact == Some(c) => {
                 tracing::info!(partition = p, offset = c, "state still exact, no rebuild");
                 telemetry::restored("exact", started.elapsed());
+                format!("scoring (state kept, exact at offset {c})")
             }
             Some(c) => match restore(shared, p, c) {
                 Some(from) => {
-                    let n = rebuild::replay_tail(cfg, &shared.core, p, from, c, &shared.shutdown)?;
+                    let n = rebuild::replay_tail(
+                        cfg,
+                        &shared.core,
+                        p,
+                        from,
+                        c,
+                        &shared.shutdown,
+                        &shared.status,
+                    )?;
                     shared.core.set_offset(p as u32, c);
                     let took = started.elapsed();
                     telemetry::restored("snapshot", took);
@@ -383,10 +399,22 @@ fn on_assigned<G: Guarantee>(
                         seconds = took.as_secs_f64(),
                         "state restored from a snapshot and its tail replayed"
                     );
+                    format!(
+                        "scoring (restored from the snapshot at offset {from} + {n} records \
+                         replayed, {:.1} s)",
+                        took.as_secs_f64()
+                    )
                 }
                 None => {
                     shared.core.reset_partition(p as u32);
-                    let n = rebuild::rebuild_partition(cfg, &shared.core, p, c, &shared.shutdown)?;
+                    let n = rebuild::rebuild_partition(
+                        cfg,
+                        &shared.core,
+                        p,
+                        c,
+                        &shared.shutdown,
+                        &shared.status,
+                    )?;
                     shared.core.set_offset(p as u32, c);
                     let took = started.elapsed();
                     telemetry::restored("replay", took);
@@ -397,13 +425,19 @@ fn on_assigned<G: Guarantee>(
                         seconds = took.as_secs_f64(),
                         "state rebuilt by a full replay (no usable snapshot)"
                     );
+                    format!(
+                        "scoring (state rebuilt by a full replay of {n} records, {:.1} s)",
+                        took.as_secs_f64()
+                    )
                 }
             },
             None => {
                 shared.core.reset_partition(p as u32);
                 telemetry::restored("fresh", started.elapsed());
+                "scoring (fresh state: no committed offset)".to_string()
             }
-        }
+        };
+        status.set_partition(p, ready);
     }
     let mut assigned = shared.assigned.lock().unwrap_or_else(|e| e.into_inner());
     for &p in parts {
