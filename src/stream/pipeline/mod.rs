@@ -264,11 +264,20 @@ impl Keeper {
         })
     }
 
+    /// Stops the thread and waits for it (a snapshot being written is finished first).
     fn stop(mut self) {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// A pipeline that ends without [`Clients::close`] (an error while starting) still stops its
+/// snapshot thread.
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 
