@@ -258,17 +258,7 @@ impl ScoringCore {
     /// Scores `tx` in `partition` (on the Kafka path, the partition the record was read from)
     /// and adds it to that state. Alerts go to the alert stream.
     pub fn score_in(&self, path: ScoringPath, partition: u32, tx: &Transaction) -> Scored {
-        let started = Instant::now();
-        let scored = {
-            let (verdict, outcome) = self.shard(partition).scorer.score(tx);
-            Scored {
-                verdict,
-                outcome: Some(outcome),
-                features: None,
-            }
-        };
-        self.record(path, &scored, started);
-        scored
+        self.score_record(path, partition, None, tx)
     }
 
     /// [`score_in`](Self::score_in) for the record at `offset` of the partition: the state then
@@ -280,11 +270,23 @@ impl ScoringCore {
         offset: i64,
         tx: &Transaction,
     ) -> Scored {
+        self.score_record(path, partition, Some(offset), tx)
+    }
+
+    fn score_record(
+        &self,
+        path: ScoringPath,
+        partition: u32,
+        offset: Option<i64>,
+        tx: &Transaction,
+    ) -> Scored {
         let started = Instant::now();
         let scored = {
             let mut shard = self.shard(partition);
             let (verdict, outcome) = shard.scorer.score(tx);
-            shard.offset = Some(offset + 1);
+            if let Some(o) = offset {
+                shard.offset = Some(o + 1);
+            }
             Scored {
                 verdict,
                 outcome: Some(outcome),
