@@ -26,6 +26,11 @@ pub const MODEL_RELOADS: &str = "vigil_model_reloads_total";
 pub const LABELS_IN: &str = "vigil_labels_in_total";
 pub const REBUILT_RECORDS: &str = "vigil_rebuild_records_total";
 pub const ASSIGNED_PARTITIONS: &str = "vigil_assigned_partitions";
+pub const REBUILDING_PARTITIONS: &str = "vigil_rebuilding_partitions";
+pub const SHORT_HISTORY: &str = "vigil_short_history_total";
+pub const REDELIVERED: &str = "vigil_redelivered_records_total";
+pub const MISSING_HISTORY_SECONDS: &str = "vigil_missing_history_seconds";
+pub const UNSCORED_DELETED: &str = "vigil_deleted_unscored_records_total";
 pub const OFFSET_COMMITS: &str = "vigil_offset_commits_total";
 pub const DELIVERY_ERRORS: &str = "vigil_delivery_errors_total";
 pub const IN_FLIGHT: &str = "vigil_in_flight_records";
@@ -97,7 +102,29 @@ fn describe() {
     describe_counter!(REBUILT_RECORDS, "Records replayed to rebuild window state");
     describe_gauge!(
         ASSIGNED_PARTITIONS,
-        "Partitions of the transactions topic assigned to this process"
+        "Partitions of the transactions topic assigned to this process and scoring"
+    );
+    describe_counter!(
+        REDELIVERED,
+        "Records the consumer delivered again within one assignment (offsets at or before one \
+         already read), skipped, by partition"
+    );
+    describe_counter!(
+        SHORT_HISTORY,
+        "Partition rebuilds that found the topic missing history their windows need, by \
+         partition and what was done (warn: scored anyway; refuse: kept paused)"
+    );
+    describe_gauge!(
+        MISSING_HISTORY_SECONDS,
+        "Event time of history missing from a partition's state at its last rebuild (0: none)"
+    );
+    describe_counter!(
+        UNSCORED_DELETED,
+        "Records deleted by the topic's retention before they were scored, by partition"
+    );
+    describe_gauge!(
+        REBUILDING_PARTITIONS,
+        "Assigned partitions whose state is being restored or replayed (paused meanwhile)"
     );
     describe_counter!(OFFSET_COMMITS, "Offset commits, by result");
     describe_counter!(
@@ -315,6 +342,32 @@ pub fn restored(how: &'static str, took: std::time::Duration) {
 
 pub fn assigned_partitions(n: usize) {
     gauge!(ASSIGNED_PARTITIONS).set(n as f64);
+}
+
+/// A rebuild's history check: `missing` of event time missing (zero when none), what was done
+/// about it, and how many records were deleted unscored.
+pub fn history_checked(
+    partition: i32,
+    missing: std::time::Duration,
+    action: Option<&'static str>,
+    unscored: u64,
+) {
+    let p = partition.to_string();
+    gauge!(MISSING_HISTORY_SECONDS, "partition" => p.clone()).set(missing.as_secs_f64());
+    if let Some(action) = action {
+        counter!(SHORT_HISTORY, "partition" => p.clone(), "action" => action).increment(1);
+    }
+    if unscored > 0 {
+        counter!(UNSCORED_DELETED, "partition" => p).increment(unscored);
+    }
+}
+
+pub fn redelivered(partition: i32) {
+    counter!(REDELIVERED, "partition" => partition.to_string()).increment(1);
+}
+
+pub fn rebuilding_partitions(n: usize) {
+    gauge!(REBUILDING_PARTITIONS).set(n as f64);
 }
 
 pub fn offset_commit(ok: bool) {

@@ -12,7 +12,7 @@ use crate::model::Model;
 use crate::proto as pb;
 use crate::proto::codec::{decision_from_pb, transaction, verdict, verdict_owned, FieldError};
 use crate::record::Transaction;
-use crate::scoring::{ScoreOptions, Scored, Verdict};
+use crate::scoring::{Rebuilding, ScoreOptions, Scored, Verdict};
 
 use super::AlertFilter;
 
@@ -107,17 +107,43 @@ pub fn score_response(s: Scored, feature_names: &[String], partition: u32) -> pb
     }
 }
 
-pub fn batch_item(result: Result<pb::ScoreResponse, FieldError>) -> pb::ScoreBatchResult {
+pub fn batch_item(result: Result<pb::ScoreResponse, ItemFailure>) -> pb::ScoreBatchResult {
     use pb::score_batch_result::Result as R;
     pb::ScoreBatchResult {
         result: Some(match result {
             Ok(r) => R::Scored(r),
-            Err(e) => R::Error(pb::ItemError {
+            Err(ItemFailure::Invalid(e)) => R::Error(pb::ItemError {
                 code: "INVALID_ARGUMENT".to_string(),
                 field: e.field,
                 message: e.message,
             }),
+            Err(ItemFailure::Unavailable(e)) => R::Error(pb::ItemError {
+                code: "UNAVAILABLE".to_string(),
+                field: String::new(),
+                message: e.to_string(),
+            }),
         }),
+    }
+}
+
+/// Why one item of a batch was not scored: the gRPC code its error carries.
+#[derive(Debug)]
+pub enum ItemFailure {
+    /// INVALID_ARGUMENT: the item names the field.
+    Invalid(FieldError),
+    /// UNAVAILABLE: its card's partition is being rebuilt; retrying the item later succeeds.
+    Unavailable(Rebuilding),
+}
+
+impl From<FieldError> for ItemFailure {
+    fn from(e: FieldError) -> ItemFailure {
+        ItemFailure::Invalid(e)
+    }
+}
+
+impl From<Rebuilding> for Status {
+    fn from(e: Rebuilding) -> Status {
+        Status::unavailable(e.to_string())
     }
 }
 

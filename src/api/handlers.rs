@@ -129,7 +129,7 @@ impl pb::scoring_server::Scoring for ScoringApi {
         convert::timely(&core, &tx)?;
         let _permit = self.permit(deadline).await?;
         deadline.check()?;
-        let scored = core.score_with(ScoringPath::Grpc, &tx, opts);
+        let scored = core.score_with(ScoringPath::Grpc, &tx, opts)?;
         let model = core.model();
         Ok(Response::new(convert::score_response(
             scored,
@@ -168,15 +168,20 @@ impl pb::scoring_server::Scoring for ScoringApi {
                     });
                 }
             }
-            let item = item.and_then(|tx| convert::timely(&core, &tx).map(|()| tx));
-            results.push(convert::batch_item(item.map(|tx| {
-                let scored = core.score_with(ScoringPath::Grpc, &tx, opts);
-                convert::score_response(
-                    scored,
-                    &model.header.feature_names,
-                    core.partition_of(&tx.card_id),
-                )
-            })));
+            let item = item
+                .and_then(|tx| convert::timely(&core, &tx).map(|()| tx))
+                .map_err(convert::ItemFailure::from)
+                .and_then(|tx| {
+                    let scored = core
+                        .score_with(ScoringPath::Grpc, &tx, opts)
+                        .map_err(convert::ItemFailure::Unavailable)?;
+                    Ok(convert::score_response(
+                        scored,
+                        &model.header.feature_names,
+                        core.partition_of(&tx.card_id),
+                    ))
+                });
+            results.push(convert::batch_item(item));
         }
         Ok(Response::new(pb::ScoreBatchResponse { results }))
     }

@@ -40,9 +40,17 @@
 //! is told how many (`RecvError::Lagged(n)`); publishing never waits, so no subscriber can slow
 //! scoring down.
 //!
+//! # Partitions being rebuilt
+//!
+//! While a front end restores or replays a partition's state
+//! ([`set_rebuilding`](ScoringCore::set_rebuilding)), calls that would add to that state
+//! ([`score_with`](ScoringCore::score_with), the gRPC path) are refused with [`Rebuilding`]
+//! instead of writing into a state that is half built (the replay would then count them a
+//! second time, or drop them when it resets the state); scoring resumes when it is ready.
+//!
 //! This module does no I/O and knows nothing of Kafka or protobuf.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
@@ -88,11 +96,21 @@ struct Partition {
     snapshotted: Option<i64>,
 }
 
+/// A transaction refused because its card's partition is being rebuilt: retry shortly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the state of partition {partition} (this card's) is being rebuilt; retry shortly")]
+pub struct Rebuilding {
+    /// The partition being rebuilt.
+    pub partition: u32,
+}
+
 /// The shared scoring core of a serving process. See the module docs.
 pub struct ScoringCore {
     model: RwLock<Arc<Model>>,
     generation: AtomicU64,
     shards: Box<[Mutex<Partition>]>,
+    /// Per partition: its state is being restored or replayed (see the module docs).
+    rebuilding: Box<[AtomicBool]>,
     alerts: broadcast::Sender<Arc<Verdict>>,
     /// The latest labels (at most [`LABEL_MEMORY`]), queued again for a partition that is reset,
     /// so a rebuild replays its transactions with the labels it had.
@@ -118,6 +136,7 @@ impl ScoringCore {
             model: RwLock::new(model),
             generation: AtomicU64::new(0),
             shards,
+            rebuilding: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
             alerts,
             labels: Mutex::new(std::collections::VecDeque::new()),
             snapshot_buf: Mutex::new(Vec::new()),
@@ -185,6 +204,22 @@ impl ScoringCore {
         partition_for(card_id.as_bytes(), self.partitions())
     }
 
+    /// Marks `partition`'s state as being rebuilt (`true`, before a front end restores or
+    /// replays it) or ready again (`false`). While it is rebuilt, [`score_with`] refuses the
+    /// partition's transactions and no snapshot is taken of it.
+    ///
+    /// [`score_with`]: Self::score_with
+    pub fn set_rebuilding(&self, partition: u32, rebuilding: bool) {
+        let i = (partition as usize).min(self.rebuilding.len() - 1);
+        self.rebuilding[i].store(rebuilding, Ordering::Release);
+    }
+
+    /// Whether `partition`'s state is being rebuilt ([`set_rebuilding`](Self::set_rebuilding)).
+    pub fn is_rebuilding(&self, partition: u32) -> bool {
+        let i = (partition as usize).min(self.rebuilding.len() - 1);
+        self.rebuilding[i].load(Ordering::Acquire)
+    }
+
     /// The model serving now.
     pub fn model(&self) -> Arc<Model> {
         Arc::clone(&self.model.read().unwrap_or_else(|e| e.into_inner()))
@@ -231,12 +266,23 @@ impl ScoringCore {
 
     /// [`score`](Self::score), or with `dry_run` a score from the current state that changes
     /// nothing, in the card's partition; optionally returning the feature row (the gRPC `Score`
-    /// call).
-    pub fn score_with(&self, path: ScoringPath, tx: &Transaction, opts: ScoreOptions) -> Scored {
+    /// call). Refused while the card's partition is being rebuilt (dry runs too: a state half
+    /// built would give them features no served transaction would get).
+    pub fn score_with(
+        &self,
+        path: ScoringPath,
+        tx: &Transaction,
+        opts: ScoreOptions,
+    ) -> Result<Scored, Rebuilding> {
         let started = Instant::now();
         let partition = self.partition_of(&tx.card_id);
         let scored = {
             let mut shard = self.shard(partition);
+            // Checked under the partition's lock: a rebuild marks the partition before it
+            // takes the lock to reset or restore it, so nothing is added once it has begun.
+            if self.is_rebuilding(partition) {
+                return Err(Rebuilding { partition });
+            }
             let scorer = &mut shard.scorer;
             let (verdict, outcome) = if opts.dry_run {
                 (scorer.peek(tx), None)
@@ -252,7 +298,7 @@ impl ScoringCore {
             }
         };
         self.record(path, &scored, started);
-        scored
+        Ok(scored)
     }
 
     /// Scores `tx` in `partition` (on the Kafka path, the partition the record was read from)
@@ -332,6 +378,9 @@ impl ScoringCore {
         only_if_moved: bool,
         write: impl FnOnce(i64, &[u8]) -> R,
     ) -> Option<(Duration, R)> {
+        if self.is_rebuilding(partition) {
+            return None;
+        }
         let mut buf = self.snapshot_buf.lock().unwrap_or_else(|e| e.into_inner());
         // The buffer is grown to the state's size (an upper bound of the snapshot's) and its
         // pages touched before the partition is locked: on a VM the first touch of fresh memory
@@ -499,7 +548,9 @@ mod tests {
             dry_run: true,
             with_features: true,
         };
-        let s = core.score_with(GRPC, &tx("t3", "card-a", t0 + 2000, 10.0), dry);
+        let s = core
+            .score_with(GRPC, &tx("t3", "card-a", t0 + 2000, 10.0), dry)
+            .expect("not rebuilding");
         assert!(s.outcome.is_none());
         assert_eq!(
             s.features.map(|f| f.len()),
@@ -508,6 +559,41 @@ mod tests {
         assert_eq!(core.stats(p).events_in_order, 1);
         core.reset_partition(p);
         assert_eq!(core.stats(p).events_in_order, 0);
+    }
+
+    #[test]
+    fn a_partition_being_rebuilt_refuses_scoring_and_snapshots_until_it_is_ready() {
+        let core = ScoringCore::new(model(), 4, 16);
+        let t0 = 1_600_000_000_000;
+        let p = core.partition_of("card-a");
+        let other = (0..4).find(|&q| q != p).expect("four partitions");
+        core.set_offset(p, 10);
+        core.set_rebuilding(p, true);
+        let opts = ScoreOptions::default();
+        let err = core
+            .score_with(GRPC, &tx("t1", "card-a", t0, 10.0), opts)
+            .expect_err("refused while rebuilding");
+        assert_eq!(err.partition, p);
+        assert!(err.to_string().contains("being rebuilt"), "{err}");
+        let dry = ScoreOptions {
+            dry_run: true,
+            with_features: false,
+        };
+        assert!(core
+            .score_with(GRPC, &tx("t1", "card-a", t0, 10.0), dry)
+            .is_err());
+        assert!(core.snapshot(p, false, |_, b| b.len()).is_none());
+        // The rebuild itself writes (warm_in), and other partitions are unaffected.
+        core.warm_in(p, &tx("t0", "card-a", t0 - 1000, 5.0));
+        assert_eq!(core.stats(p).events_in_order, 1);
+        assert!(!core.is_rebuilding(other));
+        core.set_rebuilding(p, false);
+        let s = core
+            .score_with(GRPC, &tx("t1", "card-a", t0, 10.0), opts)
+            .expect("ready again");
+        assert!(s.outcome.is_some());
+        assert_eq!(core.stats(p).events_in_order, 2);
+        assert!(core.snapshot(p, false, |_, b| b.len()).is_some());
     }
 
     #[test]

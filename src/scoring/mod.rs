@@ -15,7 +15,7 @@ pub mod core;
 pub mod scorer;
 pub mod verdict;
 
-pub use self::core::{ScoreOptions, ScoringCore, DEFAULT_ALERT_BUFFER, LABEL_MEMORY};
+pub use self::core::{Rebuilding, ScoreOptions, ScoringCore, DEFAULT_ALERT_BUFFER, LABEL_MEMORY};
 pub use crate::telemetry::ScoringPath;
 pub use config::ScoringConfig;
 pub use scorer::{Scorer, SpecMismatch, DEFAULT_REASONS};

@@ -289,6 +289,11 @@ url = ""
 interval = "5m"
 # Snapshots kept per partition (a restore needs one at or before the committed offset).
 keep = 3
+# When the topic cannot supply the window a partition's state needs (its retention deleted
+# records the windows still cover, or records not yet scored): "warn" scores with the state it
+# could build (logged, vigil_short_history_total, /readyz says so); "refuse" keeps the partition
+# paused and /readyz not ready until an operator decides (nothing is skipped meanwhile).
+on_short_history = "warn"
 
 [http]
 # /metrics (Prometheus), /healthz, /readyz; empty = off.

@@ -21,17 +21,26 @@ pub struct Health {
 }
 
 impl Health {
-    /// Ready to score: the core exists and, with Kafka, a partition is assigned and rebuilt.
-    pub fn ready(&self) -> Result<(), &'static str> {
+    /// Ready to score: the core exists and, with Kafka, a partition is assigned and rebuilt,
+    /// and none is refused for a short history (`[state] on_short_history = "refuse"`).
+    pub fn ready(&self) -> Result<(), String> {
         if !self.core.load(Ordering::Acquire) {
-            return Err("not ready: the scoring core is not started yet");
+            return Err("not ready: the scoring core is not started yet".into());
         }
-        match &self.kafka {
-            Some(s) if !s.assigned.load(Ordering::Acquire) => {
-                Err("not ready: no partition assigned and rebuilt yet")
-            }
-            _ => Ok(()),
+        let Some(s) = &self.kafka else {
+            return Ok(());
+        };
+        let refused = s.refused();
+        if !refused.is_empty() {
+            return Err(format!(
+                "not ready: partitions {refused:?} refused: the topic no longer holds the \
+                 history their state needs (on_short_history = \"refuse\"; see below)"
+            ));
         }
+        if !s.assigned.load(Ordering::Acquire) {
+            return Err("not ready: no partition assigned and rebuilt yet".into());
+        }
+        Ok(())
     }
 }
 

@@ -46,6 +46,18 @@ pub struct StateConfig {
     pub interval: String,
     /// Snapshots kept per partition (at least 1).
     pub keep: usize,
+    /// What an assigned partition does when the topic cannot supply the window its state
+    /// needs (records deleted by the topic's retention): `warn` (score with the state it could
+    /// build, logged and counted) or `refuse` (stay paused and report not ready; nothing is
+    /// scored, so nothing is skipped, until an operator decides).
+    pub on_short_history: String,
+}
+
+/// What [`StateConfig::on_short_history`] says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnShortHistory {
+    Warn,
+    Refuse,
 }
 
 impl Default for StateConfig {
@@ -56,6 +68,7 @@ impl Default for StateConfig {
             url: String::new(),
             interval: "5m".into(),
             keep: 3,
+            on_short_history: "warn".into(),
         }
     }
 }
@@ -70,6 +83,12 @@ impl StateConfig {
                 format!("{} is out of range (1..=1000)", self.keep),
             ));
         }
+        if !matches!(self.on_short_history.as_str(), "warn" | "refuse") {
+            return Err(KeyError::new(
+                "on_short_history",
+                format!("`{}` is not one of warn, refuse", self.on_short_history),
+            ));
+        }
         if !self.url.is_empty() && url::Url::parse(&self.url).is_err() {
             return Err(KeyError::new(
                 "url",
@@ -80,6 +99,14 @@ impl StateConfig {
             ));
         }
         Ok(())
+    }
+
+    pub fn on_short_history(&self) -> OnShortHistory {
+        if self.on_short_history == "refuse" {
+            OnShortHistory::Refuse
+        } else {
+            OnShortHistory::Warn
+        }
     }
 
     pub fn interval(&self) -> Duration {

@@ -52,6 +52,9 @@ pub struct Status {
     /// What each assigned partition's state is doing (being restored or replayed, with its
     /// progress, or scoring), by partition.
     partitions: std::sync::Mutex<std::collections::BTreeMap<i32, String>>,
+    /// Partitions kept paused because the topic could not supply their history
+    /// (`[state] on_short_history = "refuse"`): the process is not ready while there are any.
+    refused: std::sync::Mutex<std::collections::BTreeSet<i32>>,
 }
 
 impl Status {
@@ -69,6 +72,27 @@ impl Status {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&partition);
+        self.set_refused(partition, false);
+    }
+
+    /// Marks `partition` as refused (kept paused: its history is short) or not.
+    pub fn set_refused(&self, partition: i32, refused: bool) {
+        let mut set = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+        if refused {
+            set.insert(partition);
+        } else {
+            set.remove(&partition);
+        }
+    }
+
+    /// The partitions refused ([`set_refused`](Self::set_refused)).
+    pub fn refused(&self) -> Vec<i32> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
     }
 
     /// One line per assigned partition: `partition N: <what it is doing>`.

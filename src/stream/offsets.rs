@@ -34,6 +34,9 @@ struct PartitionState {
     committable: Option<i64>,
     /// The last offset handed to the consumer's commit.
     committed: Option<i64>,
+    /// The newest offset begun in this assignment: an offset at or before it is a record
+    /// delivered again (a broker answering a fetch with records already fetched), not a new one.
+    last_begun: Option<i64>,
 }
 
 impl PartitionState {
@@ -97,6 +100,15 @@ impl std::ops::DerefMut for Parts {
     }
 }
 
+/// Why [`OffsetTracker::begin`] refused a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// Its partition is not assigned here.
+    NotAssigned,
+    /// Its offset was already read in this assignment (up to `last`).
+    Again { last: i64 },
+}
+
 /// What a token needs to acknowledge an output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Slot {
@@ -142,19 +154,27 @@ impl OffsetTracker {
             p.pending.clear();
             p.committable = None;
             p.committed = None;
+            p.last_begun = None;
         }
         self.notify(&parts);
     }
 
-    /// A record was read. Returns its slot, or `None` if the partition is not assigned.
-    pub fn begin(&self, partition: i32, offset: i64) -> Option<Slot> {
+    /// A record was read. Returns its slot, or why it must not be processed: its partition is
+    /// not assigned, or it is a record already read in this assignment (delivered again: the
+    /// first delivery is the one that counts, so offsets never go backwards and nothing is
+    /// scored twice).
+    pub fn begin(&self, partition: i32, offset: i64) -> Result<Slot, Skip> {
         let mut parts = self.lock();
-        let p = parts.get_mut(&partition)?;
+        let p = parts.get_mut(&partition).ok_or(Skip::NotAssigned)?;
+        if let Some(last) = p.last_begun.filter(|&last| offset <= last) {
+            return Err(Skip::Again { last });
+        }
+        p.last_begun = Some(offset);
         p.pending.push_back(Entry {
             offset,
             remaining: UNPROCESSED,
         });
-        Some(Slot {
+        Ok(Slot {
             partition,
             offset,
             epoch: p.epoch,
@@ -258,6 +278,35 @@ impl OffsetTracker {
         self.lock().values().map(|p| p.pending.len()).sum()
     }
 
+    /// What is still unfinished, per partition of `partitions` (all if `None`): how many
+    /// records and the oldest one's offset and outputs outstanding (`u32::MAX`: not processed
+    /// yet), for the message when waiting for them timed out.
+    pub fn unfinished(&self, partitions: Option<&[i32]>) -> String {
+        let parts = self.lock();
+        let mut out: Vec<String> = parts
+            .iter()
+            .filter(|(k, p)| partitions.is_none_or(|set| set.contains(k)) && !p.pending.is_empty())
+            .map(|(k, p)| {
+                let front = p
+                    .pending
+                    .front()
+                    .map_or((0, 0), |e| (e.offset, e.remaining));
+                format!(
+                    "partition {k}: {} records, the oldest at offset {} waiting for {}",
+                    p.pending.len(),
+                    front.0,
+                    if front.1 == UNPROCESSED {
+                        "scoring".to_string()
+                    } else {
+                        format!("{} acknowledgements", front.1)
+                    }
+                )
+            })
+            .collect();
+        out.sort();
+        out.join("; ")
+    }
+
     /// Waits until every record of `partitions` (all partitions if `None`) is finished, a failure
     /// is recorded, or `timeout` passes. Returns whether they all finished.
     pub fn wait_finished(&self, partitions: Option<&[i32]>, timeout: Duration) -> bool {
@@ -335,13 +384,38 @@ mod tests {
     }
 
     #[test]
+    fn a_record_delivered_again_is_skipped_and_commits_go_on() {
+        let t = OffsetTracker::new();
+        t.assign(0);
+        let a = t.begin(0, 395).expect("assigned");
+        let b = t.begin(0, 396).expect("assigned");
+        // The broker answers a later fetch with records already delivered.
+        assert_eq!(t.begin(0, 395), Err(Skip::Again { last: 396 }));
+        assert_eq!(t.begin(0, 396), Err(Skip::Again { last: 396 }));
+        let c = t.begin(0, 397).expect("a new record");
+        for s in [a, b, c] {
+            t.expect(s, 0);
+        }
+        assert_eq!(t.take_commits(), vec![(0, 398)]);
+        assert!(
+            t.wait_finished(None, Duration::ZERO),
+            "{}",
+            t.unfinished(None)
+        );
+        // A new assignment starts over.
+        t.revoke(0);
+        t.assign(0);
+        assert!(t.begin(0, 395).is_ok());
+    }
+
+    #[test]
     fn acknowledgements_from_a_previous_assignment_are_ignored() {
         let t = OffsetTracker::new();
         t.assign(1);
         let old = t.begin(1, 5).expect("assigned");
         t.expect(old, 1);
         t.revoke(1);
-        assert!(t.begin(2, 0).is_none(), "partition 2 is not assigned");
+        assert_eq!(t.begin(2, 0), Err(Skip::NotAssigned));
         t.assign(1);
         let new = t.begin(1, 5).expect("assigned");
         t.expect(new, 1);

@@ -35,6 +35,84 @@ use super::kafka;
 use super::wire::decode_transaction_as;
 use super::{Status, StreamError};
 
+/// What a rebuild did: the records it replayed and, when the topic could not supply them all,
+/// what was missing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rebuilt {
+    pub records: u64,
+    pub short: Option<ShortHistory>,
+}
+
+/// History the topic no longer holds (deleted by its retention) that a partition's state
+/// needed: the state is built from what is left, and the features reaching into the gap are
+/// wrong until the windows have moved past it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShortHistory {
+    pub partition: i32,
+    /// The record time of the newest record the state holds (times here are record
+    /// timestamps, which the topic's retention goes by).
+    pub newest_ms: i64,
+    /// The time the windows need history from, and the time of the oldest record left
+    /// (`None`: nothing is left before the committed offset).
+    pub needed_from_ms: i64,
+    pub available_from_ms: Option<i64>,
+    /// The oldest offset left.
+    pub first_offset: i64,
+    /// Records deleted before they were scored (offsets `from..to`): they never had a verdict.
+    pub unscored: Option<(i64, i64)>,
+}
+
+impl ShortHistory {
+    /// Time missing from the windows, in ms.
+    pub fn missing_ms(&self) -> i64 {
+        (self.available_from_ms.unwrap_or(self.newest_ms) - self.needed_from_ms).max(0)
+    }
+
+    /// One sentence for the log and `/readyz`: the partition, the missing span, the features
+    /// affected.
+    pub fn describe(&self, spec: &crate::features::FeatureSpec) -> String {
+        let newest_ms = self.newest_ms;
+        let days = |ms: i64| format!("{:.1} days", ms as f64 / 86_400_000.0);
+        let fmt = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms).map_or_else(
+                || ms.to_string(),
+                |t| t.format("%Y-%m-%d %H:%M:%SZ").to_string(),
+            )
+        };
+        let available = newest_ms - self.available_from_ms.unwrap_or(newest_ms);
+        let affected = spec.features_beyond(available);
+        let mut text = format!(
+            "partition {}: the topic no longer holds {} of the history its windows need ({} to \
+             {}; the oldest record left is at offset {}); {} of {} features read into the gap \
+             until the windows move past it: {}",
+            self.partition,
+            days(self.missing_ms()),
+            fmt(self.needed_from_ms),
+            fmt(self.available_from_ms.unwrap_or(newest_ms)),
+            self.first_offset,
+            affected.len(),
+            spec.n_features(),
+            affected.join(", ")
+        );
+        if let Some((from, to)) = self.unscored {
+            text.push_str(&format!(
+                "; records {from}..{to} were deleted before they were scored (they have no \
+                 verdict)"
+            ));
+        }
+        text
+    }
+}
+
+/// What [`replay_range`] read: how many records, the offset and record time of the first,
+/// the record time of the last.
+#[derive(Debug, Default)]
+struct Replayed {
+    records: u64,
+    first: Option<(i64, i64)>,
+    last_ms: Option<i64>,
+}
+
 /// How long the rebuild waits for the next record before giving up.
 const STALL: Duration = Duration::from_secs(60);
 
@@ -47,7 +125,7 @@ pub fn rebuild_partition(
     committed: i64,
     shutdown: &Shutdown,
     status: &Status,
-) -> Result<u64, StreamError> {
+) -> Result<Rebuilt, StreamError> {
     let topic = &cfg.kafka.transactions_topic;
     let consumer: BaseConsumer =
         kafka::create(&kafka::consumer_config(cfg, None), "rebuild consumer")?;
@@ -61,22 +139,44 @@ pub fn rebuild_partition(
         .fetch_watermarks(topic, partition, Duration::from_secs(30))
         .map(|(low, _)| low.max(0))
         .unwrap_or(0);
-    if end <= low {
-        return Ok(0);
+    if end <= 0 {
+        return Ok(Rebuilt::default());
     }
-    // 1. The record timestamp of the last committed record.
+    let retention = core.model().spec.retention_ms();
+    // 1. The record timestamp of the last committed record. When it is gone (the topic's
+    //    retention deleted everything up to the committed offset, and maybe beyond), so is the
+    //    whole window.
     tracing::debug!(
         partition,
         low,
         end,
         "rebuild: reading the last committed record"
     );
-    let last = Reader::open(&consumer, shutdown, topic, partition, end - 1, low)?
-        .next()?
-        .timestamp()
-        .to_millis();
-    tracing::debug!(partition, ?last, "rebuild: its timestamp");
-    let retention = core.model().spec.retention_ms();
+    let (last_offset, last) = if end <= low {
+        (low, None)
+    } else {
+        let m = Reader::open(&consumer, shutdown, topic, partition, end - 1, low)?.next()?;
+        (m.offset(), m.timestamp().to_millis())
+    };
+    tracing::debug!(partition, last_offset, ?last, "rebuild: its timestamp");
+    if last_offset >= end {
+        // Nothing before the committed offset is left; records from it to the first one left
+        // (when that is beyond it) were never scored.
+        let newest = last.unwrap_or_else(super::wire::now_ms);
+        let short = ShortHistory {
+            partition,
+            newest_ms: newest,
+            needed_from_ms: newest.saturating_sub(retention),
+            available_from_ms: None,
+            first_offset: last_offset,
+            unscored: (last_offset > end).then_some((end, last_offset)),
+        };
+        core.set_offset(partition as u32, end);
+        return Ok(Rebuilt {
+            records: 0,
+            short: Some(short),
+        });
+    }
     let margin = i64::try_from(cfg.rebuild_margin().as_millis()).unwrap_or(i64::MAX);
     // 2. Where to start.
     let start = match last {
@@ -97,7 +197,7 @@ pub fn rebuild_partition(
     };
     // 3. Replay.
     tracing::info!(partition, from = start, to = end, "rebuilding state");
-    replay_range(
+    let Replayed { records, first, .. } = replay_range(
         cfg,
         &consumer,
         core,
@@ -106,7 +206,35 @@ pub fn rebuild_partition(
         low,
         shutdown,
         status,
-    )
+    )?;
+    // 4. Did the topic hold the whole window? The oldest record replayed must be at or before
+    //    the time the windows need, unless it is the partition's very first record.
+    let short = match (last, first) {
+        (Some(newest), Some((first_offset, first_ms)))
+            if first_offset > 0 && first_ms > newest.saturating_sub(retention) =>
+        {
+            // Records before it may still be there (a quiet spell in the traffic): the oldest
+            // record left says. (Kafka's low watermark says as much; tansu 0.6 deletes
+            // records without moving it.)
+            let oldest = if start <= low {
+                first_offset
+            } else {
+                Reader::open(&consumer, shutdown, topic, partition, low, low)?
+                    .next()?
+                    .offset()
+            };
+            (oldest >= first_offset).then_some(ShortHistory {
+                partition,
+                newest_ms: newest,
+                needed_from_ms: newest.saturating_sub(retention),
+                available_from_ms: Some(first_ms),
+                first_offset,
+                unscored: None,
+            })
+        }
+        _ => None,
+    };
+    Ok(Rebuilt { records, short })
 }
 
 /// Replays `partition`'s records `from .. to` into `core` after its state was restored from a
@@ -120,9 +248,9 @@ pub fn replay_tail(
     to: i64,
     shutdown: &Shutdown,
     status: &Status,
-) -> Result<u64, StreamError> {
+) -> Result<Rebuilt, StreamError> {
     if from >= to {
-        return Ok(0);
+        return Ok(Rebuilt::default());
     }
     let consumer: BaseConsumer =
         kafka::create(&kafka::consumer_config(cfg, None), "rebuild consumer")?;
@@ -134,33 +262,50 @@ pub fn replay_tail(
         )
         .map(|(low, _)| low.max(0))
         .unwrap_or(0);
-    if low > from {
-        tracing::warn!(
-            partition,
-            snapshot_offset = from,
-            low,
-            "records {from}..{low} after the snapshot were deleted by the topic's retention: \
-             the state misses them"
-        );
-    }
-    let from = from.max(low);
-    if from >= to {
-        return Ok(0);
-    }
-    replay_range(
+    let Replayed {
+        records,
+        first,
+        last_ms,
+    } = replay_range(
         cfg,
         &consumer,
         core,
         partition,
-        from..to,
+        from.max(low)..to,
         low,
         shutdown,
         status,
-    )
+    )?;
+    // Records after the snapshot that the topic no longer holds: the state misses them.
+    let first_left = match first {
+        Some((offset, _)) => offset,
+        None => low.max(from),
+    };
+    let short = (first_left > from).then(|| {
+        let newest = last_ms.unwrap_or_else(super::wire::now_ms);
+        tracing::warn!(
+            partition,
+            snapshot_offset = from,
+            first_left,
+            "records {from}..{first_left} after the snapshot are no longer in the topic: the \
+             state misses them"
+        );
+        ShortHistory {
+            partition,
+            newest_ms: newest,
+            needed_from_ms: newest.saturating_sub(core.model().spec.retention_ms()),
+            available_from_ms: first.map(|(_, ms)| ms),
+            first_offset: first_left,
+            unscored: (first_left > to).then_some((to, first_left)),
+        }
+    });
+    Ok(Rebuilt { records, short })
 }
 
 /// Replays offsets `range` of `partition` (`low` is the partition's low watermark) into
 /// `core` as state only; records that do not decode are skipped, as they were dead letters.
+/// Returns the records replayed, the offset and record time of the first one read and the
+/// record time of the last.
 #[allow(clippy::too_many_arguments)]
 fn replay_range(
     cfg: &StreamConfig,
@@ -171,14 +316,25 @@ fn replay_range(
     low: i64,
     shutdown: &Shutdown,
     status: &Status,
-) -> Result<u64, StreamError> {
+) -> Result<Replayed, StreamError> {
     let (start, end) = (range.start, range.end);
+    if start >= end {
+        return Ok(Replayed::default());
+    }
     let topic = &cfg.kafka.transactions_topic;
     let format = cfg.input_format();
     let mut reader = Reader::open(consumer, shutdown, topic, partition, start, low)?;
     let total = (end - start) as u64;
     let mut replayed = 0u64;
+    let mut first = None;
+    let mut last_ms = None;
     let mut reported = Instant::now();
+    let mut shown = Instant::now();
+    status.set_partition(
+        partition,
+        format!("replaying offsets {start}..{end}: 0 of {total} records"),
+    );
+    let pace = replay_pace();
     loop {
         let m = reader.next().map_err(|e| {
             StreamError::Rebuild(format!(
@@ -188,6 +344,11 @@ fn replay_range(
         if m.offset() >= end {
             break;
         }
+        let record_ms = m.timestamp().to_millis();
+        if first.is_none() {
+            first = Some((m.offset(), record_ms.unwrap_or(0)));
+        }
+        last_ms = record_ms;
         if let Ok(tx) = decode_transaction_as(format, m.key(), m.payload()) {
             // The first pass refused a future-dated record by its record timestamp; so does
             // the replay (without counting it again).
@@ -203,7 +364,11 @@ fn replay_range(
         if m.offset() >= end - 1 {
             break;
         }
-        if replayed.is_multiple_of(4096) {
+        if let Some(pause) = pace {
+            std::thread::sleep(pause);
+        }
+        if replayed.is_multiple_of(4096) || shown.elapsed() >= Duration::from_secs(1) {
+            shown = Instant::now();
             status.set_partition(
                 partition,
                 format!("replaying offsets {start}..{end}: {replayed} of {total} records"),
@@ -216,7 +381,23 @@ fn replay_range(
     }
     core.set_offset(partition as u32, end);
     telemetry::rebuilt(replayed);
-    Ok(replayed)
+    Ok(Replayed {
+        records: replayed,
+        first,
+        last_ms,
+    })
+}
+
+/// The test hook that slows a replay down: `VIGIL_FAILPOINT_REPLAY_RECORD_MS` = N sleeps N ms
+/// after each replayed record, so a test can make a rebuild outlast `max.poll.interval.ms`
+/// with a few thousand records.
+fn replay_pace() -> Option<Duration> {
+    let ms: u64 = std::env::var("VIGIL_FAILPOINT_REPLAY_RECORD_MS")
+        .ok()?
+        .parse()
+        .ok()?;
+    tracing::warn!("VIGIL_FAILPOINT_REPLAY_RECORD_MS={ms}: replays sleep after each record");
+    Some(Duration::from_millis(ms))
 }
 
 /// How long a read waits for records at its offset before it starts further back.

@@ -34,14 +34,16 @@ fn partitioned_training_replay_equals_the_partitioned_scoring_core() {
     let latency = spec.label_latency_ms();
     let mut served = vec![0.0f32; txs.len() * nf];
     for (i, tx) in txs.iter().enumerate() {
-        let scored = core.score_with(
-            vigil::scoring::ScoringPath::Grpc,
-            tx,
-            ScoreOptions {
-                dry_run: false,
-                with_features: true,
-            },
-        );
+        let scored = core
+            .score_with(
+                vigil::scoring::ScoringPath::Grpc,
+                tx,
+                ScoreOptions {
+                    dry_run: false,
+                    with_features: true,
+                },
+            )
+            .expect("no partition is being rebuilt");
         let row = scored.features.expect("features asked for");
         served[i * nf..(i + 1) * nf].copy_from_slice(&row);
         if let Some(label) = tx.label_event(latency) {

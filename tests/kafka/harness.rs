@@ -51,6 +51,12 @@ impl Broker {
         Broker::start_with("sqlite://tansu.db")
     }
 
+    /// sqlite storage whose maintenance (deleting records older than a topic's `retention.ms`
+    /// when its `cleanup.policy` is `delete`) runs every second instead of every 10 minutes.
+    pub fn start_with_fast_retention() -> Broker {
+        Broker::start_with("sqlite://tansu.db?maintenance_interval=1s")
+    }
+
     /// Memory storage, as `scripts/tansu.sh start DIR memory` and the benchmarks run it (its
     /// fetch behaviour differs from sqlite's at the newest batch of a partition).
     pub fn start_in_memory() -> Broker {
@@ -278,6 +284,56 @@ pub fn produce(brokers: &str, topic: &str, inputs: &[Input], rate: Option<f64>) 
     }
     p.flush(Duration::from_secs(120))
         .expect("all inputs acknowledged");
+}
+
+/// Produces `inputs` with the given record timestamps (ms) and waits for every
+/// acknowledgement.
+pub fn produce_timed(brokers: &str, topic: &str, inputs: &[(Input, i64)]) {
+    let p = producer(brokers);
+    for (input, ts) in inputs {
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).timestamp(*ts);
+        if let Some(k) = &input.key {
+            rec = rec.key(k.as_slice());
+        }
+        if let Some(v) = &input.payload {
+            rec = rec.payload(v.as_slice());
+        }
+        loop {
+            match p.send(rec) {
+                Ok(()) => break,
+                Err((_, r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(120))
+        .expect("all inputs acknowledged");
+}
+
+/// Creates `topic` with `configs` (e.g. a retention), before [`Names::create`] makes the rest.
+pub fn create_topic_with(brokers: &str, topic: &str, partitions: u32, configs: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("admin client");
+    let mut t = NewTopic::new(topic, partitions as i32, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let results = rt
+        .block_on(admin.create_topics([&t], &AdminOptions::new()))
+        .expect("create topics");
+    for r in results {
+        r.expect("topic created");
+    }
 }
 
 /// Produces in a background thread.

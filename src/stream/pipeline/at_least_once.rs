@@ -18,7 +18,8 @@ use crate::telemetry;
 
 use super::batch::{Batch, Pending, MAX_BATCH, MAX_BATCH_DELAY};
 use super::emit::Scratch;
-use super::rebalance::{prepare_assigned, Guarantee, Prepared, ReaderContext, Shared};
+use super::prepare::prepare_assigned;
+use super::rebalance::{Guarantee, ReaderContext, Shared};
 use super::{tpl_of, Clients};
 
 /// At-least-once's state shared with the rebalance callbacks.
@@ -55,7 +56,12 @@ impl Guarantee for AtLeastOnce {
         let tracker = &shared.tracker;
         if !tracker.wait_finished(Some(parts), shared.cfg.shutdown_timeout()) {
             return Err(StreamError::Delivery(tracker.failure().unwrap_or_else(
-                || format!("outputs of partitions {parts:?} not acknowledged in time"),
+                || {
+                    format!(
+                        "outputs of partitions {parts:?} not acknowledged in time ({})",
+                        tracker.unfinished(Some(parts))
+                    )
+                },
             )));
         }
         let points = tracker.commit_points(parts);
@@ -113,13 +119,9 @@ pub(super) fn run(
         if msg.is_none() || flush_due {
             last_flush = Instant::now();
         }
-        match prepare_assigned(shared, consumer) {
-            Ok(Prepared::Ready) => {}
-            Ok(Prepared::Stopping) => break,
-            Err(e) => {
-                fatal = Some(e);
-                break;
-            }
+        if let Err(e) = prepare_assigned(&clients.shared, consumer) {
+            fatal = Some(e);
+            break;
         }
         match msg {
             None => {}
@@ -129,12 +131,16 @@ pub(super) fn run(
             }
             Some(Ok(m)) => {
                 let partition = m.partition();
-                let Some(slot) = tracker.begin(partition, m.offset()) else {
-                    tracing::warn!(
-                        partition,
-                        "record from a partition not assigned here; skipped"
-                    );
+                if shared.core.is_rebuilding(partition as u32) {
+                    // Fetched before its pause took hold: the seek on resume reads it again.
                     continue;
+                }
+                let slot = match tracker.begin(partition, m.offset()) {
+                    Ok(slot) => slot,
+                    Err(skip) => {
+                        super::skipped(partition, m.offset(), skip);
+                        continue;
+                    }
                 };
                 records += 1;
                 let broker_ms = m.timestamp().to_millis().unwrap_or(-1);
@@ -170,6 +176,7 @@ pub(super) fn run(
 
     // Stop: no more records are read. Finish what was read, flush, commit, leave the group.
     tracing::info!("stopping: finishing in-flight records");
+    shared.stop_rebuilds();
     // Taking the batches drops the queues' senders: each worker ends after its last batch.
     if let Some(mut p) = shared.guarantee.lock_pending().take() {
         if fatal.is_none() && p.flush_all().is_err() {

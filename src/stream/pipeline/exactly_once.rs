@@ -18,7 +18,8 @@ use crate::telemetry;
 
 use super::batch::Batch;
 use super::emit::{Producer_, Scratch};
-use super::rebalance::{prepare_assigned, Guarantee, Prepared, ReaderContext, Shared};
+use super::prepare::prepare_assigned;
+use super::rebalance::{Guarantee, ReaderContext, Shared};
 use super::{tpl_of, Clients};
 
 /// Exactly-once's state shared with the rebalance callbacks: the open transaction, which a
@@ -91,13 +92,9 @@ pub(super) fn run(
     let mut fatal: Option<StreamError> = None;
     while !shutdown.is_triggered() {
         let msg = consumer.poll(Duration::from_millis(100));
-        match prepare_assigned(shared, consumer) {
-            Ok(Prepared::Ready) => {}
-            Ok(Prepared::Stopping) => break,
-            Err(e) => {
-                fatal = Some(e);
-                break;
-            }
+        if let Err(e) = prepare_assigned(&clients.shared, consumer) {
+            fatal = Some(e);
+            break;
         }
         match msg {
             None => {}
@@ -107,12 +104,16 @@ pub(super) fn run(
             }
             Some(Ok(m)) => {
                 let partition = m.partition();
-                let Some(slot) = tracker.begin(partition, m.offset()) else {
-                    tracing::warn!(
-                        partition,
-                        "record from a partition not assigned here; skipped"
-                    );
+                if shared.core.is_rebuilding(partition as u32) {
+                    // Fetched before its pause took hold: the seek on resume reads it again.
                     continue;
+                }
+                let slot = match tracker.begin(partition, m.offset()) {
+                    Ok(slot) => slot,
+                    Err(skip) => {
+                        super::skipped(partition, m.offset(), skip);
+                        continue;
+                    }
                 };
                 records += 1;
                 let broker_ms = m.timestamp().to_millis().unwrap_or(-1);
@@ -159,6 +160,7 @@ pub(super) fn run(
 
     // Stop: no more records are read. Flush, commit the open transaction, leave the group.
     tracing::info!("stopping: finishing in-flight records");
+    shared.stop_rebuilds();
     let _ = producer.flush(cfg.shutdown_timeout());
     // After a fatal error nothing more is committed: the open transaction is left to be
     // aborted (fenced by the next run's `transactional.id`), which scores its records again.

@@ -26,9 +26,11 @@
 //!
 //! **Rebalances.** On revocation the reader waits until the revoked partitions' records are
 //! finished, commits them synchronously (or commits the open transaction) and remembers up to
-//! which offset its state for them is exact. On assignment, a partition whose committed offset
-//! is not that offset has its state rebuilt (see [`super::rebuild`]) before any of its records
-//! is scored.
+//! which offset its state for them is exact. On assignment a partition is paused; one whose
+//! committed offset is not that offset has its state rebuilt (restored from a snapshot plus the
+//! tail, or replayed: [`super::rebuild`]) on a thread of its own while the reader goes on
+//! polling and scoring the others, and is resumed at its committed offset when ready (see
+//! `prepare`). No record of a partition is scored before its state is ready.
 //!
 //! **Failures.** An output the broker finally refuses (after librdkafka's retries, within
 //! `message.timeout.ms`) stops the pipeline with an error: its record is never committed, so the
@@ -44,12 +46,14 @@
 //! The files: [`Clients`] (here) is the setup both modes share; `at_least_once` and
 //! `exactly_once` are the two loops, each read top to bottom; `batch` carries records from the
 //! reader to the workers; `emit` turns a record into messages and sends them; `rebalance` holds
-//! the consumer's callbacks and what the reader shares with them.
+//! the consumer's callbacks and what the reader shares with them; `prepare` what an assigned
+//! partition goes through before it scores.
 
 mod at_least_once;
 mod batch;
 mod emit;
 mod exactly_once;
+mod prepare;
 mod rebalance;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -278,6 +282,24 @@ impl Keeper {
 impl Drop for Keeper {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// A record the reader does not process ([`OffsetTracker::begin`] said why): logged, and a
+/// record delivered again is counted (`vigil_redelivered_records_total`).
+fn skipped(partition: i32, offset: i64, skip: super::offsets::Skip) {
+    match skip {
+        super::offsets::Skip::NotAssigned => {
+            tracing::warn!(
+                partition,
+                offset,
+                "record from a partition not assigned here; skipped"
+            );
+        }
+        super::offsets::Skip::Again { last } => {
+            telemetry::redelivered(partition);
+            tracing::debug!(partition, offset, last, "record delivered again; skipped");
+        }
     }
 }
 

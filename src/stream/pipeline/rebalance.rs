@@ -1,7 +1,7 @@
 //! The state the reader thread shares with the consumer's callbacks, and what happens when
 //! partitions move: on revocation the revoked partitions' records are finished and committed
-//! (and the offset up to which their state is exact remembered); on assignment a partition's
-//! state is rebuilt, or kept when it is still exact at the committed offset.
+//! (and the offset up to which their state is exact remembered), and their rebuilds, if any,
+//! stopped; on assignment a partition is paused until [`super::prepare`] has its state ready.
 //!
 //! The callbacks run inside `poll`, on the reader thread, so they never race the loop; they
 //! share its state through [`Shared`] only because rdkafka hands them the consumer's context.
@@ -9,24 +9,24 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::topic_partition_list::TopicPartitionList;
 
 use crate::scoring::ScoringCore;
 use crate::shutdown::Shutdown;
 use crate::state::Snapshots;
 use crate::stream::config::StreamConfig;
 use crate::stream::offsets::OffsetTracker;
-use crate::stream::rebuild;
 use crate::stream::{Status, StreamError};
 use crate::telemetry;
 
 use super::emit::Producer_;
+use super::prepare::{rebuild_threads, Rebuilds};
 
 /// What differs between the two modes when partitions are revoked: how the records read so far
 /// are finished and made durable. Its value is the mode's own state shared with the callbacks.
@@ -53,11 +53,14 @@ pub(super) struct Shared<G> {
     pub(super) core: Arc<ScoringCore>,
     pub(super) tracker: Arc<OffsetTracker>,
     pub(super) producer: Arc<Producer_>,
-    /// Partitions assigned by a rebalance and not yet rebuilt by the reader.
+    /// Partitions assigned by a rebalance (and paused) and not yet prepared by the reader.
     newly_assigned: Mutex<Vec<i32>>,
+    /// The partitions whose state is being rebuilt on threads of their own.
+    pub(super) rebuilds: Rebuilds,
     /// Per partition, the next offset up to which the core's state is exact (set on
     /// revocation after everything before it finished).
     exact_upto: Mutex<HashMap<i32, i64>>,
+    /// The partitions assigned and scoring (state ready).
     assigned: Mutex<Vec<i32>>,
     pub(super) status: Arc<Status>,
     /// The process's shutdown: a rebuild in progress stops when it is triggered.
@@ -97,6 +100,7 @@ impl<G: Guarantee> Shared<G> {
             tracker,
             producer,
             newly_assigned: Mutex::new(Vec::new()),
+            rebuilds: Rebuilds::new(rebuild_threads()),
             exact_upto: Mutex::new(HashMap::new()),
             assigned: Mutex::new(Vec::new()),
             status,
@@ -104,13 +108,37 @@ impl<G: Guarantee> Shared<G> {
         })
     }
 
-    fn lock_newly(&self) -> MutexGuard<'_, Vec<i32>> {
+    pub(super) fn lock_newly(&self) -> MutexGuard<'_, Vec<i32>> {
         self.newly_assigned
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The partitions assigned now (rebuilt and tracked).
+    /// The offset up to which `partition`'s state was exact when it was last revoked, if it
+    /// was (taken: it holds for the assignment that follows only).
+    pub(super) fn take_exact_upto(&self, partition: i32) -> Option<i64> {
+        self.exact_upto
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&partition)
+    }
+
+    /// `partition` is assigned, its state ready: it scores (and is snapshotted) from now on.
+    pub(super) fn mark_ready(&self, partition: i32) {
+        let mut assigned = self.assigned.lock().unwrap_or_else(|e| e.into_inner());
+        if !assigned.contains(&partition) {
+            assigned.push(partition);
+        }
+        telemetry::assigned_partitions(assigned.len());
+        self.status.assigned.store(true, Ordering::Release);
+    }
+
+    /// Stops every rebuild in progress (at shutdown, before the last commits).
+    pub(super) fn stop_rebuilds(&self) {
+        self.rebuilds.stop(self, None);
+    }
+
+    /// The partitions assigned now and scoring (state ready, tracked).
     pub(super) fn assigned(&self) -> Vec<i32> {
         self.assigned
             .lock()
@@ -208,14 +236,26 @@ impl<G: Guarantee> ConsumerContext for ReaderContext<G> {
                 let parts = partitions_of(tpl, &s.cfg.kafka.transactions_topic);
                 tracing::info!(partitions = ?parts, "partitions revoked");
                 s.lock_newly().retain(|p| !parts.contains(p));
+                // A partition still rebuilding has scored nothing: nothing of it to finish.
+                let stopped = s.rebuilds.stop(s, Some(&parts));
+                let scoring: Vec<i32> = parts
+                    .iter()
+                    .copied()
+                    .filter(|p| !stopped.contains(p))
+                    .collect();
                 // What was read is handed over first, or waiting for it to finish could not end.
                 s.guarantee.hand_over();
-                if let Err(e) = s.finish_partitions(consumer, &parts) {
-                    tracing::error!("finishing revoked partitions {parts:?}: {e}");
+                if let Err(e) = s.finish_partitions(consumer, &scoring) {
+                    tracing::error!("finishing revoked partitions {scoring:?}: {e}");
                 }
                 for p in &parts {
                     s.tracker.revoke(*p);
                     s.status.remove_partition(*p);
+                    if s.core.is_rebuilding(*p as u32) {
+                        // Refused for a short history (kept paused): its next owner decides.
+                        s.core.reset_partition(*p as u32);
+                        s.core.set_rebuilding(*p as u32, false);
+                    }
                 }
                 let mut assigned = s.assigned.lock().unwrap_or_else(|e| e.into_inner());
                 assigned.retain(|p| !parts.contains(p));
@@ -229,10 +269,20 @@ impl<G: Guarantee> ConsumerContext for ReaderContext<G> {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            let parts = partitions_of(tpl, &self.shared.cfg.kafka.transactions_topic);
+            let topic = &self.shared.cfg.kafka.transactions_topic;
+            let parts = partitions_of(tpl, topic);
             tracing::info!(partitions = ?parts, "partitions assigned");
+            // Paused before anything is fetched: each is resumed once its state is ready
+            // (see `prepare`), so no record of it is scored before.
+            let mut paused = TopicPartitionList::new();
+            for &p in &parts {
+                paused.add_partition(topic, p);
+            }
+            if let Err(e) = consumer.pause(&paused) {
+                tracing::warn!(partitions = ?parts, "pausing assigned partitions: {e}");
+            }
             self.shared.lock_newly().extend(parts);
         }
     }
@@ -243,209 +293,4 @@ impl<G: Guarantee> ConsumerContext for ReaderContext<G> {
         }
         telemetry::offset_commit(result.is_ok());
     }
-}
-
-/// Restores `partition` from its newest usable snapshot at or before `committed`: returns the
-/// snapshot's offset (the tail to replay starts there), or `None` when there is none (the
-/// caller replays the whole window). A snapshot that is refused (another spec or partition
-/// count, damaged) is logged with the reason and the next older one is tried.
-fn restore<G: Guarantee>(shared: &Shared<G>, partition: i32, committed: i64) -> Option<i64> {
-    let snapshots = shared.snapshots.as_ref()?;
-    let p = partition as u32;
-    let candidates = match snapshots.candidates(p, committed) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(partition, "listing snapshots: {e}; replaying instead");
-            return None;
-        }
-    };
-    if candidates.is_empty() {
-        tracing::info!(partition, committed, store = %snapshots.describe(), "no snapshot at or before the committed offset");
-    }
-    for stored in candidates {
-        let bytes = match snapshots.load(&stored) {
-            Ok(Some(b)) => b,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(partition, snapshot = %stored.name, "reading a snapshot: {e}");
-                continue;
-            }
-        };
-        let started = Instant::now();
-        shared
-            .status
-            .set_partition(partition, format!("loading the snapshot {}", stored.name));
-        match shared.core.restore_partition(p, &bytes) {
-            Ok(info) => {
-                tracing::info!(
-                    partition,
-                    snapshot = %stored.name,
-                    offset = info.offset,
-                    entities = info.entities,
-                    events = info.events,
-                    bytes = bytes.len(),
-                    decode_seconds = started.elapsed().as_secs_f64(),
-                    "state loaded from a snapshot"
-                );
-                return Some(info.offset);
-            }
-            Err(e) => {
-                telemetry::restored("refused_snapshot", started.elapsed());
-                tracing::warn!(partition, snapshot = %stored.name, "snapshot refused: {e}");
-            }
-        }
-    }
-    None
-}
-
-/// What the reader does after [`prepare_assigned`].
-pub(super) enum Prepared {
-    /// Go on: every assigned partition is ready to score.
-    Ready,
-    /// Stop: the shutdown cut a rebuild short. Not a failure: that partition has scored
-    /// nothing, so nothing of it is committed, and its next owner rebuilds it.
-    Stopping,
-}
-
-/// Rebalances happen inside `poll`: after each poll the reader prepares what was just assigned,
-/// before it scores any record from it.
-pub(super) fn prepare_assigned<G: Guarantee>(
-    shared: &Shared<G>,
-    consumer: &BaseConsumer<ReaderContext<G>>,
-) -> Result<Prepared, StreamError> {
-    let newly: Vec<i32> = std::mem::take(&mut *shared.lock_newly());
-    if newly.is_empty() {
-        return Ok(Prepared::Ready);
-    }
-    match on_assigned(shared, consumer, &newly) {
-        Ok(()) => Ok(Prepared::Ready),
-        Err(e) if shared.shutdown.is_triggered() => {
-            tracing::info!("stopping during a state rebuild: {e}");
-            Ok(Prepared::Stopping)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// Prepares newly assigned partitions: tracking, and window state rebuilt unless the state held
-/// is already exact at the committed offset.
-fn on_assigned<G: Guarantee>(
-    shared: &Shared<G>,
-    consumer: &BaseConsumer<ReaderContext<G>>,
-    parts: &[i32],
-) -> Result<(), StreamError> {
-    let cfg = &shared.cfg;
-    let topic = &cfg.kafka.transactions_topic;
-    let mut query = TopicPartitionList::new();
-    for &p in parts {
-        query.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(query, Duration::from_secs(30))
-        .map_err(|e| StreamError::Client(format!("reading committed offsets: {e}")))?;
-    for &p in parts {
-        if p as u32 >= shared.core.partitions() {
-            return Err(StreamError::Client(format!(
-                "partition {p} of {topic} is beyond the {} partitions vigil was started with \
-                 (partitions were added): restart to size the state for them",
-                shared.core.partitions()
-            )));
-        }
-        shared.tracker.assign(p);
-        let at = committed
-            .find_partition(topic, p)
-            .and_then(|e| match e.offset() {
-                Offset::Offset(o) => Some(o),
-                _ => None,
-            });
-        let exact = shared
-            .exact_upto
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&p);
-        let started = Instant::now();
-        let status = &shared.status;
-        status.set_partition(p, "preparing its state");
-        let ready = match at {
-            _ if !cfg.pipeline.rebuild => {
-                shared.core.reset_partition(p as u32);
-                telemetry::restored("fresh", started.elapsed());
-                "scoring (fresh state: pipeline.rebuild is off)".to_string()
-            }
-            Some(c) if exact == Some(c) => {
-                tracing::info!(partition = p, offset = c, "state still exact, no rebuild");
-                telemetry::restored("exact", started.elapsed());
-                format!("scoring (state kept, exact at offset {c})")
-            }
-            Some(c) => match restore(shared, p, c) {
-                Some(from) => {
-                    let n = rebuild::replay_tail(
-                        cfg,
-                        &shared.core,
-                        p,
-                        from,
-                        c,
-                        &shared.shutdown,
-                        &shared.status,
-                    )?;
-                    shared.core.set_offset(p as u32, c);
-                    let took = started.elapsed();
-                    telemetry::restored("snapshot", took);
-                    tracing::info!(
-                        partition = p,
-                        snapshot_offset = from,
-                        offset = c,
-                        tail_records = n,
-                        seconds = took.as_secs_f64(),
-                        "state restored from a snapshot and its tail replayed"
-                    );
-                    format!(
-                        "scoring (restored from the snapshot at offset {from} + {n} records \
-                         replayed, {:.1} s)",
-                        took.as_secs_f64()
-                    )
-                }
-                None => {
-                    shared.core.reset_partition(p as u32);
-                    let n = rebuild::rebuild_partition(
-                        cfg,
-                        &shared.core,
-                        p,
-                        c,
-                        &shared.shutdown,
-                        &shared.status,
-                    )?;
-                    shared.core.set_offset(p as u32, c);
-                    let took = started.elapsed();
-                    telemetry::restored("replay", took);
-                    tracing::info!(
-                        partition = p,
-                        offset = c,
-                        records = n,
-                        seconds = took.as_secs_f64(),
-                        "state rebuilt by a full replay (no usable snapshot)"
-                    );
-                    format!(
-                        "scoring (state rebuilt by a full replay of {n} records, {:.1} s)",
-                        took.as_secs_f64()
-                    )
-                }
-            },
-            None => {
-                shared.core.reset_partition(p as u32);
-                telemetry::restored("fresh", started.elapsed());
-                "scoring (fresh state: no committed offset)".to_string()
-            }
-        };
-        status.set_partition(p, ready);
-    }
-    let mut assigned = shared.assigned.lock().unwrap_or_else(|e| e.into_inner());
-    for &p in parts {
-        if !assigned.contains(&p) {
-            assigned.push(p);
-        }
-    }
-    telemetry::assigned_partitions(assigned.len());
-    shared.status.assigned.store(true, Ordering::Release);
-    Ok(())
 }

@@ -445,6 +445,21 @@ impl FeatureSpec {
         self.max_lookback_ms
     }
 
+    /// The features a state built from only `available_ms` of event time history gets wrong:
+    /// those whose windows (plus label delay) reach further back, and the previous-event
+    /// features (the previous event may be older), in column order.
+    pub fn features_beyond(&self, available_ms: i64) -> Vec<&str> {
+        self.features
+            .iter()
+            .zip(&self.names)
+            .filter(|(f, _)| match f {
+                FeatureKind::Previous { .. } => available_ms < self.max_lookback_ms,
+                f => f.lookback_ms() > available_ms,
+            })
+            .map(|(_, n)| n.as_str())
+            .collect()
+    }
+
     /// Delay between a transaction and its label when the history has no `label_time`.
     pub fn label_latency_ms(&self) -> i64 {
         self.label_latency_ms
@@ -954,6 +969,32 @@ mod tests {
         assert_eq!(spec.max_lookback_ms(), 37 * DAY_MS);
         assert_eq!(spec.label_latency_ms(), 7 * DAY_MS);
         assert_eq!(spec.source(), DEFAULT);
+    }
+
+    #[test]
+    fn features_beyond_a_short_history_are_those_reaching_further_back() {
+        let spec = FeatureSpec::from_toml_str(DEFAULT).unwrap();
+        assert!(spec.features_beyond(37 * DAY_MS).is_empty());
+        let two_days = spec.features_beyond(2 * DAY_MS);
+        for n in [
+            "card_amount_to_mean_30d",
+            "card_new_merchant_30d",
+            "merchant_risk_7d_delay_7d",
+            "card_kmh_since_prev",
+        ] {
+            assert!(
+                two_days.contains(&n),
+                "{n} reads more than 2 days: {two_days:?}"
+            );
+        }
+        assert!(!two_days.contains(&"card_count_1h"), "{two_days:?}");
+        assert!(
+            !two_days.contains(&"card_distinct_merchant_1d"),
+            "{two_days:?}"
+        );
+        // Transaction fields read no history.
+        let none = spec.features_beyond(0);
+        assert!(none.len() < spec.n_features(), "{none:?}");
     }
 
     /// The specs in `benches/specs/` (BENCHMARKS.md's cost per feature family) parse, and
