@@ -22,7 +22,8 @@ pub struct Health {
 
 impl Health {
     /// Ready to score: the core exists and, with Kafka, a partition is assigned and rebuilt,
-    /// and none is refused for a short history (`[state] on_short_history = "refuse"`).
+    /// none is being rebuilt, and none is refused for a short history
+    /// (`[state] on_short_history = "refuse"`).
     pub fn ready(&self) -> Result<(), String> {
         if !self.core.load(Ordering::Acquire) {
             return Err("not ready: the scoring core is not started yet".into());
@@ -35,6 +36,13 @@ impl Health {
             return Err(format!(
                 "not ready: partitions {refused:?} refused: the topic no longer holds the \
                  history their state needs (on_short_history = \"refuse\"; see below)"
+            ));
+        }
+        let rebuilding = s.rebuilding();
+        if rebuilding > 0 {
+            return Err(format!(
+                "not ready: {rebuilding} assigned partitions are rebuilding their state (the \
+                 others score; see below)"
             ));
         }
         if !s.assigned.load(Ordering::Acquire) {

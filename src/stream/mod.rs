@@ -47,7 +47,8 @@ pub enum StreamError {
 /// Live status of the pipeline, for `/readyz`.
 #[derive(Debug, Default)]
 pub struct Status {
-    /// At least one partition is assigned and its state rebuilt.
+    /// At least one partition is assigned and its state rebuilt (ready also needs none being
+    /// rebuilt or refused: see `serve::http`).
     pub assigned: AtomicBool,
     /// What each assigned partition's state is doing (being restored or replayed, with its
     /// progress, or scoring), by partition.
@@ -55,6 +56,9 @@ pub struct Status {
     /// Partitions kept paused because the topic could not supply their history
     /// (`[state] on_short_history = "refuse"`): the process is not ready while there are any.
     refused: std::sync::Mutex<std::collections::BTreeSet<i32>>,
+    /// Assigned partitions whose state is being rebuilt: the process is not ready while there
+    /// are any (gRPC calls for their cards would be refused).
+    rebuilding: std::sync::atomic::AtomicUsize,
 }
 
 impl Status {
@@ -73,6 +77,18 @@ impl Status {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&partition);
         self.set_refused(partition, false);
+    }
+
+    /// How many assigned partitions are being rebuilt now (also `vigil_rebuilding_partitions`).
+    pub fn set_rebuilding(&self, n: usize) {
+        self.rebuilding
+            .store(n, std::sync::atomic::Ordering::Release);
+        crate::telemetry::rebuilding_partitions(n);
+    }
+
+    /// [`set_rebuilding`](Self::set_rebuilding)'s count.
+    pub fn rebuilding(&self) -> usize {
+        self.rebuilding.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Marks `partition` as refused (kept paused: its history is short) or not.

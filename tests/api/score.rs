@@ -478,3 +478,56 @@ async fn oversized_messages_are_refused() {
         .expect("a small one passes");
     server.stop().await;
 }
+
+/// While a partition's state is being rebuilt (after a restart or a rebalance, on the Kafka
+/// path), calls for its cards get UNAVAILABLE and change nothing; other partitions' cards are
+/// scored; in a batch only that partition's items fail. Ready again, the same call scores.
+#[tokio::test]
+async fn a_card_whose_partition_is_being_rebuilt_gets_unavailable() {
+    let core = core(2);
+    let server = TestServer::start(CoreSlot::with(Arc::clone(&core)), ApiSettings::default()).await;
+    let mut client = server.client().await;
+    let rows = sample(40);
+    let p0: Vec<_> = rows
+        .iter()
+        .filter(|t| partition_for(t.card_id.as_bytes(), 2) == 0)
+        .collect();
+    let p1: Vec<_> = rows
+        .iter()
+        .filter(|t| partition_for(t.card_id.as_bytes(), 2) == 1)
+        .collect();
+    core.set_rebuilding(0, true);
+    let err = client.score(score_req(p0[0])).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("being rebuilt"), "{}", err.message());
+    assert_eq!(core.stats(0).events_in_order, 0, "nothing written");
+    client
+        .score(score_req(p1[0]))
+        .await
+        .expect("partition 1 scores");
+
+    let items = vec![
+        codec::transaction_to_pb(p0[1]),
+        codec::transaction_to_pb(p1[1]),
+    ];
+    let resp = client
+        .score_batch(pb::ScoreBatchRequest {
+            transactions: items,
+            dry_run: false,
+            include_features: false,
+        })
+        .await
+        .expect("batch answers")
+        .into_inner();
+    use pb::score_batch_result::Result as R;
+    match resp.results[0].result.as_ref().expect("a result") {
+        R::Error(e) => assert_eq!(e.code, "UNAVAILABLE"),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(matches!(resp.results[1].result, Some(R::Scored(_))));
+
+    core.set_rebuilding(0, false);
+    client.score(score_req(p0[0])).await.expect("ready again");
+    assert_eq!(core.stats(0).events_in_order, 1);
+    server.stop().await;
+}

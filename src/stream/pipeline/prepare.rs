@@ -97,7 +97,7 @@ impl Rebuilds {
             );
             done.push(p);
         }
-        telemetry::rebuilding_partitions(self.lock().len());
+        shared.status.set_rebuilding(self.lock().len());
         done
     }
 }
@@ -187,7 +187,7 @@ fn resume_rebuilt<G: Guarantee>(
     if finished.is_empty() {
         return Ok(());
     }
-    telemetry::rebuilding_partitions(shared.rebuilds.lock().len());
+    shared.status.set_rebuilding(shared.rebuilds.lock().len());
     let topic = &shared.cfg.kafka.transactions_topic;
     for (p, r) in finished {
         let line = match r.thread.join() {
@@ -340,7 +340,7 @@ fn start_rebuild<G: Guarantee>(
             thread,
         },
     );
-    telemetry::rebuilding_partitions(running.len());
+    shared.status.set_rebuilding(running.len());
     Ok(())
 }
 
