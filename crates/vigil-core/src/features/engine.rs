@@ -35,10 +35,8 @@
 //! then the events at the window edges), so the memory latency of one event overlaps the work
 //! on the previous ones. At a million cards that is most of the cost of an event.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use rustc_hash::FxBuildHasher;
 use serde::Serialize;
 
 use super::labels::{Held, LabelIndex};
@@ -171,6 +169,8 @@ pub struct FeatureEngine {
     needs: Needs,
     /// Present when some table has risk features.
     labels: Option<LabelIndex>,
+    /// The keyed hash of ids (this engine's own key).
+    ids: IdHasher,
 }
 
 /// The per-event hashes a spec actually reads.
@@ -182,8 +182,31 @@ struct Needs {
     attr: [bool; 4],
 }
 
-fn hash_str(s: &str) -> u64 {
-    FxBuildHasher.hash_one(s)
+/// How ids (cards, merchants, transactions, countries) become the 64-bit keys of the state:
+/// SipHash-1-3 (what std's `HashMap` uses against crafted keys) under a 128-bit key drawn at
+/// random for each engine. An attacker who does not know the key cannot craft a card id that
+/// lands on another card's key (merging their windows) or ids that cluster in one region of a
+/// table. The key is part of the state: a snapshot carries it, and a restored engine keeps
+/// hashing with it (its tables are placed by it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct IdHasher {
+    k0: u64,
+    k1: u64,
+}
+
+impl IdHasher {
+    fn random() -> IdHasher {
+        let [k0, k1]: [u64; 2] = rand::random();
+        IdHasher { k0, k1 }
+    }
+
+    #[inline]
+    fn hash(&self, s: &str) -> u64 {
+        use std::hash::Hasher;
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.k0, self.k1);
+        h.write(s.as_bytes());
+        h.finish()
+    }
 }
 
 /// A non-zero 32-bit attribute hash (0 means "missing").
@@ -257,6 +280,7 @@ impl FeatureEngine {
             label_max_known: i64::MIN,
             next_sweep: i64::MIN,
             stats: EngineStats::default(),
+            ids: IdHasher::random(),
         }
     }
 
@@ -308,11 +332,11 @@ impl FeatureEngine {
         let mut keys = Keys::default();
         for e in Entity::ALL {
             if self.needs.key[e as usize] {
-                keys.entity[e as usize] = key_of_hash(hash_str(e.key_of(tx)));
+                keys.entity[e as usize] = key_of_hash(self.ids.hash(e.key_of(tx)));
             }
         }
         if !self.tables.is_empty() {
-            let h = hash_str(&tx.transaction_id);
+            let h = self.ids.hash(&tx.transaction_id);
             keys.tx = h;
             keys.tag = (h >> 32) as u32;
         }
@@ -334,8 +358,10 @@ impl FeatureEngine {
             attrs[Attr::Merchant.index()] = attr_hash(keys.entity[Entity::Merchant as usize]);
         }
         if need[Attr::Country.index()] {
-            attrs[Attr::Country.index()] =
-                tx.country.as_deref().map_or(0, |c| attr_hash(hash_str(c)));
+            attrs[Attr::Country.index()] = tx
+                .country
+                .as_deref()
+                .map_or(0, |c| attr_hash(self.ids.hash(c)));
         }
         Ev {
             ts: t,
@@ -661,7 +687,7 @@ impl FeatureEngine {
         };
         let horizon = self.horizon_at(self.watermark);
         let held = index
-            .get(hash_str(&label.transaction_id))
+            .get(self.ids.hash(&label.transaction_id))
             .copied()
             .filter(|h| h.ts > horizon);
         let mut applied = false;
@@ -748,6 +774,8 @@ impl FeatureEngine {
 /// [`FeatureEngine::new`] and the bytes are checked against it.
 impl FeatureEngine {
     pub(super) fn encode(&self, w: &mut Writer) {
+        w.u64(self.ids.k0);
+        w.u64(self.ids.k1);
         w.i64(self.watermark);
         w.i64(self.label_max_known);
         w.i64(self.next_sweep);
@@ -788,6 +816,10 @@ impl FeatureEngine {
 
     pub(super) fn decode(spec: Arc<FeatureSpec>, r: &mut Reader<'_>) -> Result<FeatureEngine, Bad> {
         let mut engine = FeatureEngine::new(spec);
+        engine.ids = IdHasher {
+            k0: r.u64()?,
+            k1: r.u64()?,
+        };
         engine.watermark = r.i64()?;
         engine.label_max_known = r.i64()?;
         engine.next_sweep = r.i64()?;
@@ -871,6 +903,26 @@ fn evict(st: &mut EntityMut<'_>, horizon: i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each engine hashes under its own random key: the same id gets unrelated keys in two
+    /// engines (what lands together in one cannot be predicted from the other, or from the
+    /// ids), and the same key in one. (Features do not depend on the key: the engine tests
+    /// compare engines row for row, each with its own.)
+    #[test]
+    fn ids_are_hashed_under_a_key_of_each_engine() {
+        let spec = Arc::new(
+            FeatureSpec::from_toml_str(include_str!("../../../../training/features.toml"))
+                .expect("default spec"),
+        );
+        let (a, b) = (
+            FeatureEngine::new(Arc::clone(&spec)),
+            FeatureEngine::new(spec),
+        );
+        assert_ne!(a.ids, b.ids);
+        assert_eq!(a.ids.hash("C00000225"), a.ids.hash("C00000225"));
+        assert_ne!(a.ids.hash("C00000225"), b.ids.hash("C00000225"));
+        assert_ne!(a.ids.hash("C00000225"), a.ids.hash("C00000226"));
+    }
 
     #[test]
     fn expired_prefix_is_the_partition_point() {

@@ -4,7 +4,7 @@
 //! This module turns state into bytes and back; it does no I/O (the scorer's state store
 //! writes and reads the bytes).
 //!
-//! # Format (version 1)
+//! # Format (version 2)
 //!
 //! ```text
 //! "VIGILSNP"  format version (u32)  header length (u32)  header (JSON, SnapshotInfo)
@@ -14,7 +14,8 @@
 //! All integers are little-endian. The header says what the state is (spec fingerprint,
 //! partition and partition count, the offset it reflects, its watermark and size) so a store
 //! can be listed and a snapshot refused without decoding the body. The body is the engine's
-//! counters and watermarks, then every entity table (each entity's running aggregates and its
+//! id-hash key (its tables are placed by it; version 2 added it), its counters and watermarks,
+//! then every entity table (each entity's running aggregates and its
 //! live events column by column, exactly as held), the label index (generation by generation,
 //! in insertion order) and the pending label schedule. Decoding rebuilds the same state: every
 //! later event gives bit-for-bit the features the saved shard would have given (a test checks
@@ -34,7 +35,7 @@ use super::spec::FeatureSpec;
 const MAGIC: &[u8; 8] = b"VIGILSNP";
 
 /// The format version written; decoding refuses any other.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What a snapshot holds, readable without decoding the state (its header).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
