@@ -265,25 +265,33 @@ pub fn produce(brokers: &str, topic: &str, inputs: &[Input], rate: Option<f64>) 
                 std::thread::sleep(wait);
             }
         }
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
-        if let Some(k) = &input.key {
-            rec = rec.key(k.as_slice());
-        }
-        if let Some(v) = &input.payload {
-            rec = rec.payload(v.as_slice());
-        }
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        }
+        send(&p, topic, input, None);
     }
     p.flush(Duration::from_secs(120))
         .expect("all inputs acknowledged");
+}
+
+/// Queues one input (with a record timestamp, when given), waiting while the queue is full.
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, input: &Input, ts: Option<i64>) {
+    let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+    if let Some(ts) = ts {
+        rec = rec.timestamp(ts);
+    }
+    if let Some(k) = &input.key {
+        rec = rec.key(k.as_slice());
+    }
+    if let Some(v) = &input.payload {
+        rec = rec.payload(v.as_slice());
+    }
+    loop {
+        match p.send(rec) {
+            Ok(()) => break,
+            Err((_, r)) => {
+                rec = r;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
 }
 
 /// Produces `inputs` with the given record timestamps (ms) and waits for every
@@ -291,25 +299,29 @@ pub fn produce(brokers: &str, topic: &str, inputs: &[Input], rate: Option<f64>) 
 pub fn produce_timed(brokers: &str, topic: &str, inputs: &[(Input, i64)]) {
     let p = producer(brokers);
     for (input, ts) in inputs {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).timestamp(*ts);
-        if let Some(k) = &input.key {
-            rec = rec.key(k.as_slice());
-        }
-        if let Some(v) = &input.payload {
-            rec = rec.payload(v.as_slice());
-        }
-        loop {
-            match p.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        }
+        send(&p, topic, input, Some(*ts));
     }
     p.flush(Duration::from_secs(120))
         .expect("all inputs acknowledged");
+}
+
+/// Commits `offsets` (partition, next offset) of `topic` for `group`, as a member that scored
+/// up to them would have.
+pub fn commit_offsets(brokers: &str, group: &str, topic: &str, offsets: &[(i32, i64)]) {
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for &(p, at) in offsets {
+        tpl.add_partition_offset(topic, p, Offset::Offset(at))
+            .expect("offset");
+    }
+    consumer.commit(&tpl, CommitMode::Sync).expect("commit");
 }
 
 /// Creates `topic` with `configs` (e.g. a retention), before [`Names::create`] makes the rest.

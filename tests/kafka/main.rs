@@ -577,29 +577,14 @@ fn a_caught_up_scorer_restarts_without_new_traffic() {
 #[test]
 #[ignore = "needs a tansu broker: scripts/test.sh runs it"]
 fn sigterm_during_a_rebuild_stops_promptly() {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-
     let broker = Broker::start();
     let b = broker.brokers();
     let names = Names::new("term-rebuild");
     names.create(&b, PARTITIONS);
     let inputs: Vec<Input> = sample(200).iter().map(Input::tx).collect();
     produce(&b, &names.transactions, &inputs, None);
-    let group: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &b)
-        .set("group.id", &names.group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS as i32 {
-        tpl.add_partition_offset(&names.transactions, p, Offset::Offset(1_000_000))
-            .expect("offset");
-    }
-    group.commit(&tpl, CommitMode::Sync).expect("commit");
-    drop(group);
+    let beyond: Vec<(i32, i64)> = (0..PARTITIONS as i32).map(|p| (p, 1_000_000)).collect();
+    commit_offsets(&b, &names.group, &names.transactions, &beyond);
 
     let mut serve = ServeSpec::new(&b, &names).start();
     serve.wait_for_stderr("`rebuilding`", Duration::from_secs(60), |l| {
@@ -743,10 +728,6 @@ fn a_rebuild_longer_than_max_poll_interval_keeps_the_group_and_other_partitions_
 #[test]
 #[ignore = "needs a tansu broker: scripts/test.sh runs it"]
 fn retention_shorter_than_the_window_is_reported_and_refuse_keeps_the_partitions_paused() {
-    use rdkafka::config::ClientConfig;
-    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-
     let broker = Broker::start_with_fast_retention();
     let b = broker.brokers();
     let names = Names::new("retention");
@@ -808,24 +789,19 @@ fn retention_shorter_than_the_window_is_reported_and_refuse_keeps_the_partitions
     };
     // Partition 0 committed at offset 1: records 1.. were deleted before they were scored.
     // The others committed at their ends: everything scored, only the window is short.
-    let group: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &b)
-        .set("group.id", &names.group)
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..PARTITIONS as i32 {
-        let at = if p == 0 {
-            1
-        } else {
-            end(p).expect("records left")
-        };
-        tpl.add_partition_offset(&names.transactions, p, Offset::Offset(at))
-            .expect("offset");
-    }
-    group.commit(&tpl, CommitMode::Sync).expect("commit");
-    drop(group);
+    let committed: Vec<(i32, i64)> = (0..PARTITIONS as i32)
+        .map(|p| {
+            (
+                p,
+                if p == 0 {
+                    1
+                } else {
+                    end(p).expect("records left")
+                },
+            )
+        })
+        .collect();
+    commit_offsets(&b, &names.group, &names.transactions, &committed);
 
     let metrics = free_addr();
     let mut spec = ServeSpec::new(&b, &names);
