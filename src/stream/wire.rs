@@ -156,6 +156,15 @@ pub fn decode_label(payload: &[u8]) -> Result<crate::record::LabelEvent, String>
         .transaction_id
         .filter(|s| !s.trim().is_empty())
         .ok_or("field `transaction_id`: is missing")?;
+    // The same bound as a transaction's id: a label for a longer one can match nothing, and
+    // labels are held until their `known_at`.
+    let max = crate::record::MAX_ID_LEN;
+    if transaction_id.len() > max {
+        return Err(format!(
+            "field `transaction_id`: is {} bytes long, more than {max}",
+            transaction_id.len()
+        ));
+    }
     let fraud = match raw.fraud {
         Some(RawLabel::Bool(b)) => b,
         Some(RawLabel::Int(0)) => false,
@@ -386,6 +395,15 @@ mod tests {
         assert_eq!(l.known_at_ms, 1_523_145_600_000);
         assert!(decode_label(br#"{"transaction_id":"t1","fraud":2,"known_at":0}"#).is_err());
         assert!(decode_label(br#"{"fraud":true,"known_at":0}"#).is_err());
+        let long = format!(
+            r#"{{"transaction_id":"{}","fraud":1,"known_at":0}}"#,
+            "t".repeat(crate::record::MAX_ID_LEN + 1)
+        );
+        let err = decode_label(long.as_bytes()).expect_err("too long an id");
+        assert!(
+            err.contains("transaction_id") && err.contains("more than"),
+            "{err}"
+        );
     }
 
     #[test]
